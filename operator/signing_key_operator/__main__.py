@@ -1,0 +1,62 @@
+"""The `signing-key-operator` command: run | serve | dev-cluster up|down|status | demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _dev_cluster(args: argparse.Namespace) -> int:
+    from .devcluster.cluster import DevCluster
+    from .devcluster.tools import ensure_tools
+
+    cluster = DevCluster(Path(args.dir))
+    if args.action == "build":
+        from .devcluster.build import ensure_binaries
+
+        ensure_tools()
+        binaries = ensure_binaries()
+        print(f"kube-apiserver {binaries.kubernetes_version}, etcd {binaries.etcd_version}: {binaries.kube_apiserver.parent}")
+        return 0
+    if args.action == "up":
+        ensure_tools()
+        cluster.up()
+        print(cluster.kubeconfig)
+        return 0
+    if args.action == "down":
+        stopped = cluster.down()
+        print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+        return 0
+    running = cluster.running()
+    state = cluster.state()
+    if not running or state is None:
+        print("not running")
+        return 1
+    for name, alive in running.items():
+        print(f"{name:<24} {'running' if alive else 'stopped'}")
+    ready = cluster.ready()
+    print(f"{'kube-apiserver /readyz':<24} {'ok' if ready else 'not ready'} ({state.server}, {state.kubernetes_version})")
+    print(f"{'kubeconfig':<24} {cluster.kubeconfig}")
+    return 0 if ready and all(running.values()) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="signing-key-operator", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    dev = commands.add_parser("dev-cluster", help="a local kube-apiserver + etcd + kube-controller-manager on loopback")
+    dev.add_argument("action", choices=["up", "down", "status", "build"],
+                     help="build only builds the binaries and unpacks kubectl/helm (cached)")
+    dev.add_argument("--dir", default=".devcluster", help="state, logs and kubeconfig (default: .devcluster)")
+    dev.set_defaults(handler=_dev_cluster)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""A real control plane on loopback: etcd, kube-apiserver (TLS, RBAC, service-account issuer) and
+kube-controller-manager (garbage collection, namespace deletion, default service accounts).
+
+One class serves the `dev-cluster` command and the tests' pytest fixture. Everything it starts is
+recorded in `<dir>/state.json` so that `down` can stop every process, from any shell.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from .build import Binaries, ensure_binaries
+from .pki import DevPKI
+
+STATE_FILE = "state.json"
+ADMIN_USER = "dev-admin"
+CONTROLLER_MANAGER_USER = "system:kube-controller-manager"
+# GC needs to read and delete every kind; on a real cluster it gets that through per-controller
+# service accounts. system:masters keeps the harness small without changing what GC does.
+CONTROLLER_MANAGER_GROUPS = ("system:masters",)
+CONTROLLERS = "garbagecollector,namespace,serviceaccount"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _say(message: str) -> None:
+    print(f"[dev-cluster] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class ClusterState:
+    etcd_pid: int
+    apiserver_pid: int
+    controller_manager_pid: int
+    etcd_port: int
+    apiserver_port: int
+    kubernetes_version: str
+    etcd_version: str
+    binaries: list[str]
+    started_at: float
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    def pids(self) -> dict[str, int]:
+        return {
+            "kube-controller-manager": self.controller_manager_pid,
+            "kube-apiserver": self.apiserver_pid,
+            "etcd": self.etcd_pid,
+        }
+
+
+def _process_is(pid: int, binary: str) -> bool:
+    """True when pid still runs `binary` (a recorded pid may have been reused by now)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    return cmdline == binary
+
+
+class DevCluster:
+    def __init__(self, directory: Path):
+        self.dir = directory.resolve()
+        self.pki = DevPKI(self.dir / "pki")
+        self.kubeconfig = self.dir / "kubeconfig"
+        self.logs = self.dir / "logs"
+
+    # -- state ------------------------------------------------------------------------------
+    def state(self) -> ClusterState | None:
+        path = self.dir / STATE_FILE
+        if not path.exists():
+            return None
+        return ClusterState(**json.loads(path.read_text()))
+
+    def running(self) -> dict[str, bool]:
+        state = self.state()
+        if state is None:
+            return {}
+        return {
+            name: _process_is(pid, binary)
+            for (name, pid), binary in zip(state.pids().items(), state.binaries)
+        }
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def up(self, timeout: float = 120.0) -> ClusterState:
+        running = self.running()
+        if running and all(running.values()) and self.ready():
+            state = self.state()
+            assert state is not None
+            _say(f"already running at {state.server}")
+            return state
+        if running:
+            self.down()
+        binaries = ensure_binaries()
+        self.pki.ensure()
+        self.logs.mkdir(parents=True, exist_ok=True)
+        etcd_port, peer_port, apiserver_port = _free_port(), _free_port(), _free_port()
+        started = time.time()
+        etcd_pid = self._start_etcd(binaries, etcd_port, peer_port)
+        apiserver_pid = self._start_apiserver(binaries, etcd_port, apiserver_port)
+        state = ClusterState(
+            etcd_pid=etcd_pid,
+            apiserver_pid=apiserver_pid,
+            controller_manager_pid=0,
+            etcd_port=etcd_port,
+            apiserver_port=apiserver_port,
+            kubernetes_version=binaries.kubernetes_version,
+            etcd_version=binaries.etcd_version,
+            binaries=[str(binaries.kube_controller_manager), str(binaries.kube_apiserver), str(binaries.etcd)],
+            started_at=started,
+        )
+        self._save(state)
+        try:
+            self._wait_ready(state, timeout)
+            self._write_kubeconfig(self.kubeconfig, state.server, ADMIN_USER, ("system:masters",), "admin")
+            state.controller_manager_pid = self._start_controller_manager(binaries, state)
+            self._save(state)
+        except BaseException:
+            self.down()
+            raise
+        _say(f"kube-apiserver {state.kubernetes_version} ready at {state.server} in {time.time() - started:.1f}s")
+        return state
+
+    def down(self) -> list[str]:
+        """Stop every process this directory started; return the names of those that ran."""
+        state = self.state()
+        stopped: list[str] = []
+        if state is None:
+            return stopped
+        for (name, pid), binary in zip(state.pids().items(), state.binaries):
+            if pid and _process_is(pid, binary):
+                os.kill(pid, signal.SIGTERM)
+                stopped.append(name)
+                deadline = time.monotonic() + 15
+                while _process_is(pid, binary) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                if _process_is(pid, binary):
+                    os.kill(pid, signal.SIGKILL)
+            self._reap(pid)
+        (self.dir / STATE_FILE).unlink(missing_ok=True)
+        return stopped
+
+    @staticmethod
+    def _reap(pid: int) -> None:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+
+    def _save(self, state: ClusterState) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
+
+    def _spawn(self, name: str, argv: list[str]) -> int:
+        log = open(self.logs / f"{name}.log", "ab")
+        # A session of its own: `dev-cluster up` returns while the control plane keeps running,
+        # and a Ctrl-C in the caller's terminal does not reach it.
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        return process.pid
+
+    def _start_etcd(self, binaries: Binaries, port: int, peer_port: int) -> int:
+        client, peer = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{peer_port}"
+        return self._spawn("etcd", [
+            str(binaries.etcd),
+            "--name=dev",
+            f"--data-dir={self.dir / 'etcd'}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=dev={peer}",
+            "--unsafe-no-fsync",  # throwaway data: durability buys nothing and costs test time
+            "--log-level=warn",
+        ])
+
+    def _start_apiserver(self, binaries: Binaries, etcd_port: int, port: int) -> int:
+        pki = self.pki
+        return self._spawn("kube-apiserver", [
+            str(binaries.kube_apiserver),
+            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={port}",
+            f"--cert-dir={pki.dir}",
+            f"--tls-cert-file={pki.dir / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki.dir / 'apiserver.key'}",
+            f"--client-ca-file={pki.ca_cert}",
+            "--authorization-mode=Node,RBAC",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            "--allow-privileged=true",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki.sa_pub}",
+            f"--service-account-signing-key-file={pki.sa_key}",
+            "--profiling=false",
+            "--v=1",
+        ])
+
+    def _start_controller_manager(self, binaries: Binaries, state: ClusterState) -> int:
+        kubeconfig = self.dir / "kube-controller-manager.kubeconfig"
+        self._write_kubeconfig(kubeconfig, state.server, CONTROLLER_MANAGER_USER, CONTROLLER_MANAGER_GROUPS, "kube-controller-manager")
+        return self._spawn("kube-controller-manager", [
+            str(binaries.kube_controller_manager),
+            f"--kubeconfig={kubeconfig}",
+            f"--controllers={CONTROLLERS}",
+            "--leader-elect=false",
+            "--secure-port=0",
+            "--use-service-account-credentials=false",
+            "--v=1",
+        ])
+
+    # -- access -----------------------------------------------------------------------------
+    def _ssl_context(self, cert_stem: str) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.pki.ca_cert))
+        context.load_cert_chain(self.pki.dir / f"{cert_stem}.crt", self.pki.dir / f"{cert_stem}.key")
+        return context
+
+    def ready(self) -> bool:
+        state = self.state()
+        if state is None:
+            return False
+        try:
+            self.pki.issue("admin", ADMIN_USER, ("system:masters",))
+            with urllib.request.urlopen(f"{state.server}/readyz", context=self._ssl_context("admin"), timeout=5) as reply:
+                return reply.status == 200
+        except (urllib.error.URLError, OSError, ssl.SSLError):
+            return False
+
+    def _wait_ready(self, state: ClusterState, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ready():
+                return
+            running = self.running()
+            dead = [name for name, alive in running.items() if not alive and name != "kube-controller-manager"]
+            if dead:
+                raise RuntimeError(f"{', '.join(dead)} exited during start-up:\n{self._log_tail(dead[0])}")
+            time.sleep(0.25)
+        raise TimeoutError(f"kube-apiserver not ready after {timeout:.0f}s:\n{self._log_tail('kube-apiserver')}")
+
+    def _log_tail(self, name: str, lines: int = 25) -> str:
+        path = self.logs / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def _write_kubeconfig(self, path: Path, server: str, user: str, groups: tuple[str, ...], cert_stem: str) -> Path:
+        issued = self.pki.issue(cert_stem, user, groups)
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "dev", "cluster": {
+                "server": server,
+                "certificate-authority-data": base64.b64encode(self.pki.ca_cert.read_bytes()).decode(),
+            }}],
+            "users": [{"name": user, "user": {
+                "client-certificate-data": base64.b64encode(issued.cert_path.read_bytes()).decode(),
+                "client-key-data": base64.b64encode(issued.key_path.read_bytes()).decode(),
+            }}],
+            "contexts": [{"name": "dev", "context": {"cluster": "dev", "user": user}}],
+            "current-context": "dev",
+        }
+        path.touch(mode=0o600, exist_ok=True)
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    def kubeconfig_for(self, user: str, groups: tuple[str, ...] = ()) -> Path:
+        """A kubeconfig for an identity with only the rights RBAC grants `user` and `groups`."""
+        state = self.state()
+        if state is None:
+            raise RuntimeError("the dev cluster is not running")
+        stem = "user-" + "".join(c if c.isalnum() else "_" for c in "-".join((user, *groups)))
+        return self._write_kubeconfig(self.dir / f"{stem}.kubeconfig", state.server, user, groups, stem)

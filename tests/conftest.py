@@ -1,0 +1,55 @@
+"""Shared fixtures: one real control plane per test run, a fresh namespace per test.
+
+Tests under tests/integration and tests/conformance get the `controlplane` marker, so
+`pytest -m "not controlplane"` runs only what needs no API server.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+NEEDS_CONTROL_PLANE = ("integration", "conformance")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if any(part in NEEDS_CONTROL_PLANE for part in Path(str(item.fspath)).parts):
+            item.add_marker(pytest.mark.controlplane)
+
+
+@pytest.fixture(scope="session")
+def dev_cluster(tmp_path_factory):
+    from signing_key_operator.devcluster.cluster import DevCluster
+
+    cluster = DevCluster(tmp_path_factory.mktemp("devcluster"))
+    cluster.up()
+    yield cluster
+    cluster.down()
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(dev_cluster) -> Path:
+    return dev_cluster.kubeconfig
+
+
+@pytest.fixture(scope="session")
+def api_client(kubeconfig):
+    from kubernetes import config
+
+    client = config.new_client_from_config(config_file=str(kubeconfig))
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def namespace(api_client):
+    from kubernetes import client
+
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    core = client.CoreV1Api(api_client)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name)
