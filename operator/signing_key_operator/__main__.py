@@ -41,9 +41,46 @@ def _dev_cluster(args: argparse.Namespace) -> int:
     return 0 if ready and all(running.values()) else 1
 
 
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    from datetime import timedelta
+
+    from .core.durations import parse_duration
+    from .handlers import run_operator
+    from .settings import OperatorSettings
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        logging.getLogger("kopf").setLevel(logging.WARNING)
+    defaults = OperatorSettings()
+    settings = OperatorSettings(
+        kubeconfig=args.kubeconfig,
+        namespaces=tuple(args.namespace),
+        secret_propagation=parse_duration(args.secret_propagation) if args.secret_propagation else defaults.secret_propagation,
+        metrics_port=args.metrics_port or None,
+        metrics_host=args.metrics_host,
+        health_port=args.health_port or None,
+        peering=args.peering,
+    )
+    asyncio.run(run_operator(settings))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="signing-key-operator", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the operator")
+    run.add_argument("--kubeconfig", help="kubeconfig path (default: in-cluster, else ~/.kube/config)")
+    run.add_argument("--namespace", action="append", default=[], help="watch only this namespace (repeatable; default: all)")
+    run.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port, 0 to disable")
+    run.add_argument("--metrics-host", default="0.0.0.0")
+    run.add_argument("--health-port", type=int, default=8081, help="liveness /healthz port, 0 to disable")
+    run.add_argument("--peering", help="kopf peering name for several replicas (default: standalone)")
+    run.add_argument("--secret-propagation", help="how long a mounted Secret takes to reach signers (default 90s)")
+    run.add_argument("--verbose", action="store_true")
+    run.set_defaults(handler=_run)
 
     dev = commands.add_parser("dev-cluster", help="a local kube-apiserver + etcd + kube-controller-manager on loopback")
     dev.add_argument("action", choices=["up", "down", "status", "build"],

@@ -1,0 +1,219 @@
+"""kopf registrations: watch events in, one reconcile loop per policy, Events out.
+
+Why `on.event` and a loop per policy, not `on.create/update/resume` and a fixed timer:
+- every cause (create, update, resume after restart, a request annotation, drift of an owned
+  object) ends in the same gather -> plan -> act, so one path serves them all;
+- the loop sleeps until the plan's next due time (not a poll), so an idle policy costs nothing;
+- kopf writes no bookkeeping (no diff-base annotation, no finalizer) for event handlers, so an
+  idle policy makes zero API writes, and deleting a policy never waits on the operator: its
+  objects carry ownerReferences and the garbage collector removes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import random
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import kopf
+
+from .k8s import objects
+from .k8s.api import KubeApi, load_configuration
+from .metrics import OperatorMetrics
+from .reconciler import Outcome, Reconciler
+from .settings import OperatorSettings
+
+logger = logging.getLogger(__name__)
+
+GROUP, VERSION, PLURAL = "signingkeys.dev", "v1alpha1", "signingkeypolicies"
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class PolicyLoop:
+    """Reconciles one policy whenever it is woken or its next due time comes."""
+
+    def __init__(self, runner: PolicyRunner, body: dict[str, Any]):
+        self.runner = runner
+        self.body = body
+        self.wake = asyncio.Event()
+        self.own_versions: dict[tuple[str, str], str] = {}
+        self.task = asyncio.create_task(self._run(), name=f"policy {self.key}")
+        self.wake.set()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.body["metadata"]["namespace"], self.body["metadata"]["name"]
+
+    async def _run(self) -> None:
+        failures = 0
+        settings = self.runner.settings
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            try:
+                outcome = await self.runner.reconciler.reconcile(self.body)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - any failure is retried with backoff, never crash-loops
+                failures += 1
+                kind = type(error).__name__
+                self.runner.metrics.reconcile_errors.labels(kind).inc()
+                backoff = min(settings.error_backoff_initial * 2 ** (failures - 1), settings.error_backoff_max)
+                logger.warning("reconcile of %s/%s failed (%s: %s); retrying in %s", *self.key, kind, error, backoff)
+                outcome = Outcome(retry_after=backoff)
+            self.own_versions.update(outcome.own_versions)
+            await self.runner.post_events(self.body, outcome)
+            delay = self._delay(outcome)
+            if delay is not None:
+                try:
+                    await asyncio.wait_for(self.wake.wait(), timeout=delay)
+                except asyncio.TimeoutError:
+                    self.wake.set()
+
+    def _delay(self, outcome: Outcome) -> float | None:
+        if outcome.retry_after is not None:
+            return outcome.retry_after.total_seconds() * (1 + random.random() / 2)
+        if outcome.next_wakeup is None:
+            return None
+        # A few milliseconds late rather than early: an early wake-up finds nothing due yet.
+        return max(0.0, (outcome.next_wakeup - self.runner.clock()).total_seconds()) + 0.01
+
+    def is_own_write(self, kind: str, body: dict[str, Any]) -> bool:
+        metadata = body["metadata"]
+        return self.own_versions.get((kind, metadata["name"])) == metadata.get("resourceVersion")
+
+
+class PolicyRunner:
+    """All policy loops of this operator process."""
+
+    def __init__(self, settings: OperatorSettings, api: KubeApi, metrics: OperatorMetrics, clock: Callable[[], datetime] = utc_now):
+        self.settings = settings
+        self.api = api
+        self.metrics = metrics
+        self.clock = clock
+        self.reconciler = Reconciler(api, settings, metrics, clock)
+        self.loops: dict[tuple[str, str], PolicyLoop] = {}
+
+    def policy_changed(self, body: dict[str, Any]) -> None:
+        key = body["metadata"]["namespace"], body["metadata"]["name"]
+        loop = self.loops.get(key)
+        if loop is not None and loop.body["metadata"]["uid"] != body["metadata"]["uid"]:
+            self.policy_deleted(loop.body)
+            loop = None
+        if loop is None:
+            self.loops[key] = PolicyLoop(self, body)
+            return
+        echo = loop.is_own_write("SigningKeyPolicy", body)
+        loop.body = body
+        if not echo:
+            loop.wake.set()
+
+    def policy_deleted(self, body: dict[str, Any]) -> None:
+        key = body["metadata"]["namespace"], body["metadata"]["name"]
+        loop = self.loops.pop(key, None)
+        if loop is not None:
+            loop.task.cancel()
+        self.reconciler.forget(body["metadata"]["uid"])
+        self.metrics.forget_policy(*key)
+
+    def owned_object_changed(self, kind: str, body: dict[str, Any], deleted: bool) -> None:
+        metadata = body["metadata"]
+        policy = (metadata.get("labels") or {}).get(objects.POLICY_LABEL)
+        loop = self.loops.get((metadata["namespace"], policy))
+        if loop is None:
+            return
+        if not deleted and loop.is_own_write(kind, body):
+            return
+        loop.wake.set()
+
+    async def post_events(self, body: dict[str, Any], outcome: Outcome) -> None:
+        for event in outcome.events:
+            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+            log = logger.warning if event.type == "Warning" else logger.info
+            log("%s/%s %s: %s", body["metadata"]["namespace"], body["metadata"]["name"], event.reason, event.message)
+
+    async def stop(self) -> None:
+        for loop in self.loops.values():
+            loop.task.cancel()
+        await asyncio.gather(*(loop.task for loop in self.loops.values()), return_exceptions=True)
+        self.loops.clear()
+
+
+def build_registry(runner: PolicyRunner, settings: OperatorSettings) -> kopf.OperatorRegistry:
+    """Handlers are registered on a registry of their own (no import-time global state)."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.level = logging.INFO
+        settings.posting.loggers = False  # only the Events we post on purpose
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="signingkeys.dev")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="signingkeys.dev")
+        settings.networking.error_backoffs = [1, 2, 5, 10, 30]
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        configuration = load_configuration(settings.kubeconfig)
+        token = configuration.get_api_key_with_prefix("authorization")
+        scheme, _, value = (token or "").partition(" ")
+        return kopf.ConnectionInfo(
+            server=configuration.host,
+            ca_path=configuration.ssl_ca_cert,
+            insecure=not configuration.verify_ssl,
+            certificate_path=configuration.cert_file,
+            private_key_path=configuration.key_file,
+            scheme=scheme or None,
+            token=value or None,
+        )
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def policy_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+        raw = copy.deepcopy(dict(body))
+        if event.get("type") == "DELETED":
+            runner.policy_deleted(raw)
+        else:
+            runner.policy_changed(raw)
+
+    for kind, plural in (("Secret", "secrets"), ("ConfigMap", "configmaps")):
+        def owned_event(event: dict[str, Any], body: kopf.Body, _kind: str = kind, **_: Any) -> None:
+            runner.owned_object_changed(_kind, copy.deepcopy(dict(body)), event.get("type") == "DELETED")
+
+        kopf.on.event("", "v1", plural, labels={objects.POLICY_LABEL: kopf.PRESENT}, registry=registry, id=f"owned-{plural}")(owned_event)
+
+    return registry
+
+
+async def run_operator(settings: OperatorSettings, stop_flag: asyncio.Event | None = None, clock: Callable[[], datetime] = utc_now) -> None:
+    metrics = OperatorMetrics()
+    api = KubeApi(load_configuration(settings.kubeconfig), connections=settings.api_connections)
+    runner = PolicyRunner(settings, api, metrics, clock)
+    registry = build_registry(runner, settings)
+    if settings.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry)
+    try:
+        await kopf.operator(
+            registry=registry,
+            standalone=settings.peering is None,
+            peering_name=settings.peering,  # naming one makes kopf require its peering CRD
+            priority=random.randint(0, 32767),
+            namespaces=list(settings.namespaces),
+            clusterwide=not settings.namespaces,
+            liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None,
+            stop_flag=stop_flag,
+        )
+    finally:
+        await runner.stop()
+        await api.close()
+

@@ -1,0 +1,234 @@
+"""How the operator's state looks as Kubernetes objects, and back.
+
+One Secret per key, named `<policy>-key-<serial>`, holds the private key (`private.pem`,
+PKCS#8), its `kid` and `alg`, and everything the lifecycle needs as labels and annotations
+(design invariant 6: losing the policy's status loses nothing). The kid is an annotation, not a
+label: a label value must start and end with an alphanumeric character, which a base64url
+thumbprint need not.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ..core.keys import KeyMaterial, KeyMaterialError, load_key
+from ..core.planner import KeyReason, KeyRecord, KeyState, key_secret_name
+
+PREFIX = "signingkeys.dev"
+POLICY_LABEL = f"{PREFIX}/policy"
+STATE_LABEL = f"{PREFIX}/state"
+SERIAL_LABEL = f"{PREFIX}/serial"
+COMPONENT_LABEL = f"{PREFIX}/component"
+KEY_SECRET_TYPE = f"{PREFIX}/signing-key"
+SIGNING_SECRET_TYPE = f"{PREFIX}/active-signing-key"
+MAX_AGE_ANNOTATION = f"{PREFIX}/jwks-max-age"
+ROTATE_HANDLED_ANNOTATION = f"{PREFIX}/rotate-handled"
+REVOKE_HANDLED_ANNOTATION = f"{PREFIX}/revoke-handled"
+
+_TIME_FIELDS = ("created", "activate_at", "activated", "retired", "removal_due", "revoked")
+
+
+def _annotation(field: str) -> str:
+    return f"{PREFIX}/{field.replace('_', '-')}"
+
+
+def format_time(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+class BrokenKeySecret(Exception):
+    """A key Secret that cannot be read back. The message names what is wrong, never the data."""
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    record: KeyRecord
+    material: KeyMaterial
+    secret_name: str
+    resource_version: str
+
+
+def owner_reference(policy: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": policy["apiVersion"],
+        "kind": policy["kind"],
+        "name": policy["metadata"]["name"],
+        "uid": policy["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def policy_labels(policy_name: str, component: str) -> dict[str, str]:
+    return {
+        POLICY_LABEL: policy_name,
+        COMPONENT_LABEL: component,
+        "app.kubernetes.io/managed-by": "signing-key-operator",
+    }
+
+
+def key_metadata(record: KeyRecord) -> tuple[dict[str, str], dict[str, str]]:
+    labels = {STATE_LABEL: record.state.value, SERIAL_LABEL: str(record.serial)}
+    annotations = {
+        _annotation("kid"): record.kid,
+        _annotation("alg"): record.alg,
+        _annotation("reason"): record.reason.value,
+        _annotation("emergency"): "true" if record.emergency else "false",
+    }
+    for field in _TIME_FIELDS:
+        value = getattr(record, field)
+        if value is not None:
+            annotations[_annotation(field)] = format_time(value)
+    if record.rotate_request is not None:
+        annotations[_annotation("rotate_request")] = record.rotate_request
+    return labels, annotations
+
+
+def key_secret(policy: dict[str, Any], record: KeyRecord, material: KeyMaterial) -> dict[str, Any]:
+    name = policy["metadata"]["name"]
+    labels, annotations = key_metadata(record)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": KEY_SECRET_TYPE,
+        "metadata": {
+            "name": key_secret_name(name, record.serial),
+            "namespace": policy["metadata"]["namespace"],
+            "labels": {**policy_labels(name, "key"), **labels},
+            "annotations": annotations,
+            "ownerReferences": [owner_reference(policy)],
+        },
+        "stringData": {
+            "kid": material.kid,
+            "alg": material.alg,
+            "private.pem": material.private_pem.decode(),
+            "public.jwk.json": json.dumps(material.public_jwk(), sort_keys=True),
+        },
+    }
+
+
+def with_record(secret: dict[str, Any], record: KeyRecord) -> dict[str, Any]:
+    """The same Secret (same resourceVersion, so the write is guarded) carrying `record`."""
+    labels, annotations = key_metadata(record)
+    metadata = dict(secret["metadata"])
+    metadata["labels"] = {**metadata.get("labels", {}), **labels}
+    kept = {k: v for k, v in metadata.get("annotations", {}).items() if not k.startswith(PREFIX + "/")}
+    metadata["annotations"] = {**kept, **annotations}
+    return {**secret, "metadata": metadata}
+
+
+def _decoded(secret: dict[str, Any], key: str) -> bytes:
+    import base64
+
+    data = secret.get("data") or {}
+    if key not in data:
+        raise BrokenKeySecret(f"data.{key} is missing")
+    try:
+        return base64.b64decode(data[key], validate=True)
+    except ValueError:
+        raise BrokenKeySecret(f"data.{key} is not valid base64") from None
+
+
+def read_key_secret(secret: dict[str, Any]) -> StoredKey:
+    metadata = secret["metadata"]
+    name = metadata["name"]
+    labels = metadata.get("labels") or {}
+    annotations = metadata.get("annotations") or {}
+    try:
+        fields: dict[str, Any] = {
+            "serial": int(labels[SERIAL_LABEL]),
+            "kid": annotations[_annotation("kid")],
+            "alg": annotations[_annotation("alg")],
+            "state": KeyState(labels[STATE_LABEL]),
+            "reason": KeyReason(annotations[_annotation("reason")]),
+            "emergency": annotations.get(_annotation("emergency")) == "true",
+            "rotate_request": annotations.get(_annotation("rotate_request")),
+        }
+        for field in _TIME_FIELDS:
+            text = annotations.get(_annotation(field))
+            fields[field] = parse_time(text) if text else None
+        record = KeyRecord(**fields)
+    except KeyError as missing:
+        raise BrokenKeySecret(f"Secret {name}: label or annotation {missing} is missing") from None
+    except ValueError as bad:
+        raise BrokenKeySecret(f"Secret {name}: bad lifecycle metadata ({bad})") from None
+    if name != key_secret_name(labels.get(POLICY_LABEL, ""), record.serial):
+        raise BrokenKeySecret(f"Secret {name}: name does not match its policy and serial labels")
+    try:
+        material = load_key(_decoded(secret, "private.pem"), record.alg)
+    except BrokenKeySecret as broken:
+        raise BrokenKeySecret(f"Secret {name}: {broken}") from None
+    except KeyMaterialError as bad:
+        raise BrokenKeySecret(f"Secret {name}: data.private.pem is unusable ({bad})") from None
+    if material.kid != record.kid:
+        raise BrokenKeySecret(f"Secret {name}: data.private.pem does not match kid {record.kid} (tampered?)")
+    if _decoded(secret, "kid").decode(errors="replace") != record.kid:
+        raise BrokenKeySecret(f"Secret {name}: data.kid does not match its kid annotation")
+    return StoredKey(record, material, name, metadata["resourceVersion"])
+
+
+def signing_secret(policy: dict[str, Any], secret_name: str, material: KeyMaterial, serial: int) -> dict[str, Any]:
+    name = policy["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": SIGNING_SECRET_TYPE,
+        "metadata": {
+            "name": secret_name,
+            "namespace": policy["metadata"]["namespace"],
+            "labels": policy_labels(name, "signing"),
+            "annotations": {_annotation("kid"): material.kid, SERIAL_LABEL: str(serial)},
+            "ownerReferences": [owner_reference(policy)],
+        },
+        "stringData": {
+            "kid": material.kid,
+            "alg": material.alg,
+            "private.pem": material.private_pem.decode(),
+        },
+    }
+
+
+def signing_secret_is_current(secret: dict[str, Any] | None, material: KeyMaterial) -> bool:
+    if secret is None:
+        return False
+    try:
+        return (
+            _decoded(secret, "kid").decode() == material.kid
+            and _decoded(secret, "alg").decode() == material.alg
+            and _decoded(secret, "private.pem") == material.private_pem
+        )
+    except (BrokenKeySecret, UnicodeDecodeError):
+        return False
+
+
+def jwks_configmap(policy: dict[str, Any], name: str, jwks_json: bytes, max_age_seconds: int) -> dict[str, Any]:
+    policy_name = policy["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": policy["metadata"]["namespace"],
+            "labels": policy_labels(policy_name, "jwks"),
+            "annotations": {MAX_AGE_ANNOTATION: str(max_age_seconds)},
+            "ownerReferences": [owner_reference(policy)],
+        },
+        "data": {"jwks.json": jwks_json.decode(), "max-age": str(max_age_seconds)},
+    }
+
+
+def configmap_is_current(configmap: dict[str, Any] | None, desired: dict[str, Any]) -> bool:
+    if configmap is None:
+        return False
+    return (
+        configmap.get("data") == desired["data"]
+        and (configmap["metadata"].get("annotations") or {}).get(MAX_AGE_ANNOTATION)
+        == desired["metadata"]["annotations"][MAX_AGE_ANNOTATION]
+    )

@@ -1,0 +1,74 @@
+"""The operator's Prometheus metrics. Labels name policies and reasons, never key material."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+
+class _KeyAgeCollector(Collector):
+    """Key age is computed at scrape time, so an idle policy costs nothing between scrapes."""
+
+    def __init__(self, clock: Callable[[], float]):
+        self._clock = clock
+        self.activated: dict[tuple[str, str], float] = {}
+        self.next_rotation: dict[tuple[str, str], float] = {}
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        now = self._clock()
+        age = GaugeMetricFamily(
+            "signing_key_operator_active_key_age_seconds",
+            "Seconds since the active signing key of a policy started signing.",
+            labels=["namespace", "policy"],
+        )
+        due = GaugeMetricFamily(
+            "signing_key_operator_next_rotation_timestamp_seconds",
+            "When the next key of a policy is due to start signing (Unix time).",
+            labels=["namespace", "policy"],
+        )
+        for (namespace, policy), activated in self.activated.items():
+            age.add_metric([namespace, policy], now - activated)
+        for (namespace, policy), when in self.next_rotation.items():
+            due.add_metric([namespace, policy], when)
+        yield age
+        yield due
+
+
+class OperatorMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.time):
+        self.registry = registry or CollectorRegistry()
+        self._keys = _KeyAgeCollector(clock)
+        self.registry.register(self._keys)
+        self.rotations = Counter(
+            "signing_key_operator_rotations", "Changes of the signing key, by reason.",
+            ["reason"], registry=self.registry,
+        )
+        self.reconcile_errors = Counter(
+            "signing_key_operator_reconcile_errors", "Reconciles that failed and will be retried.",
+            ["kind"], registry=self.registry,
+        )
+        self.refused_inputs = Counter(
+            "signing_key_operator_refused_inputs",
+            "Inputs refused: invalid spec, bad annotation values, unreadable key Secrets.",
+            ["kind"], registry=self.registry,
+        )
+        self.api_writes = Counter(
+            "signing_key_operator_api_writes", "Writes to the Kubernetes API, by kind of object.",
+            ["object"], registry=self.registry,
+        )
+
+    def observe_policy(self, namespace: str, policy: str, activated: datetime | None, next_rotation: datetime | None) -> None:
+        key = (namespace, policy)
+        for series, value in ((self._keys.activated, activated), (self._keys.next_rotation, next_rotation)):
+            if value is None:
+                series.pop(key, None)
+            else:
+                series[key] = value.timestamp()
+
+    def forget_policy(self, namespace: str, policy: str) -> None:
+        self.observe_policy(namespace, policy, None, None)

@@ -1,0 +1,327 @@
+"""One reconcile of one policy: gather -> plan -> act, in a crash-safe order.
+
+Gather reads the key Secrets, the JWKS ConfigMap and the signing Secret fresh from the API (no
+cache: a decision must rest on what is stored now). The pure planner decides. Act writes in an
+order that keeps the invariants at every step, so a crash between any two writes leaves a state
+the next reconcile continues from:
+
+1. create new key Secrets (their names come from serials, so a second replica that decided the
+   same creation collides and backs off: the create is the guarded write);
+2. publish the JWKS ConfigMap (new keys appear before they sign; revoked and removed keys leave);
+3. record changed lifecycle states on the key Secrets, the newly active key first;
+4. point the signing Secret at the active key (only now does anyone sign with a new key);
+5. delete key Secrets whose retention has passed;
+6. record handled request annotations on the policy, then the status view.
+
+Every update carries the resourceVersion it was decided on; a 409 aborts the step and the
+policy is reconciled again from fresh reads (dex's "re-check inside the guarded write").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from .core.jwks import render_jwk_set
+from .core.keys import KeyMaterial, generate_key
+from .core.planner import REVOKE_ANNOTATION, ROTATE_ANNOTATION, KeyRecord, KeyState, Plan, PlanEvent, Requests, plan
+from .core.spec import PolicySpec, SpecError, timeline_warnings
+from .k8s import objects
+from .k8s.api import CONFIGMAPS, POLICIES, SECRETS, ApiError, KubeApi
+from .metrics import OperatorMetrics
+from .settings import OperatorSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """What one reconcile did, for the loop that schedules the next one."""
+
+    events: list[PlanEvent] = field(default_factory=list)
+    next_wakeup: datetime | None = None
+    retry_after: timedelta | None = None
+    writes: int = 0
+    own_versions: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(kind, name) -> resourceVersion of objects this reconcile wrote: their watch events are
+    echoes of our own writes and need no reconcile."""
+
+
+class _Conflict(Exception):
+    """A guarded write lost a race; re-read and decide again."""
+
+
+class Reconciler:
+    def __init__(
+        self,
+        api: KubeApi,
+        settings: OperatorSettings,
+        metrics: OperatorMetrics,
+        clock: Callable[[], datetime],
+        key_factory: Callable[[str, int], KeyMaterial] = generate_key,
+    ):
+        self.api = api
+        self.settings = settings
+        self.metrics = metrics
+        self.clock = clock
+        self.key_factory = key_factory
+        self._reported: dict[tuple[str, str], str] = {}
+
+    async def reconcile(self, policy: dict[str, Any]) -> Outcome:
+        outcome = Outcome()
+        metadata = policy["metadata"]
+        namespace, name = metadata["namespace"], metadata["name"]
+        try:
+            spec = PolicySpec.from_resource(
+                name, policy.get("spec") or {}, secret_propagation=self.settings.secret_propagation
+            )
+        except SpecError as error:
+            await self._refuse_spec(policy, error, outcome)
+            return outcome
+        self._warn_short_timeline_once(policy, spec, outcome)
+        try:
+            await self._reconcile(policy, spec, outcome)
+        except _Conflict:
+            outcome.retry_after = self.settings.conflict_retry
+        return outcome
+
+    # -- gather -------------------------------------------------------------------------------
+    async def _gather_keys(self, policy: dict[str, Any]) -> tuple[list[objects.StoredKey], list[tuple[dict, str]]]:
+        metadata = policy["metadata"]
+        selector = f"{objects.POLICY_LABEL}={metadata['name']},{objects.COMPONENT_LABEL}=key"
+        secrets = await self.api.list(SECRETS, metadata["namespace"], selector)
+        stored, broken = [], []
+        for secret in secrets:
+            owners = secret["metadata"].get("ownerReferences") or []
+            if owners and not any(owner.get("uid") == metadata["uid"] for owner in owners):
+                continue  # left by an earlier policy of the same name; the garbage collector takes it
+            try:
+                stored.append(objects.read_key_secret(secret))
+            except objects.BrokenKeySecret as error:
+                broken.append((secret, str(error)))
+        return stored, broken
+
+    # -- decide and act -----------------------------------------------------------------------
+    async def _reconcile(self, policy: dict[str, Any], spec: PolicySpec, outcome: Outcome) -> None:
+        metadata = policy["metadata"]
+        namespace, name = metadata["namespace"], metadata["name"]
+        stored, broken = await self._gather_keys(policy)
+        if broken:
+            # Invariant 7: report and leave in place. Writing around an unreadable key could
+            # unpublish a key that signers still use, so the policy holds still until a human
+            # repairs or deletes the Secret.
+            self._report_broken(policy, broken, outcome)
+            await self._patch_status(policy, spec, [s.record for s in stored], outcome, broken=broken)
+            return
+        annotations = metadata.get("annotations") or {}
+        requests = Requests(
+            rotate=annotations.get(ROTATE_ANNOTATION),
+            rotate_handled=annotations.get(objects.ROTATE_HANDLED_ANNOTATION),
+            revoke_kid=annotations.get(REVOKE_ANNOTATION),
+            revoke_handled=annotations.get(objects.REVOKE_HANDLED_ANNOTATION),
+        )
+        now = self.clock()
+        decision: Plan = await asyncio.to_thread(
+            plan, spec, [s.record for s in stored], now,
+            lambda: self.key_factory(spec.algorithm, spec.rsa_key_size), requests,
+        )
+        materials = {s.record.serial: s.material for s in stored}
+        materials.update(decision.new_material)
+        by_serial = {s.record.serial: s for s in stored}
+
+        for record in decision.created:
+            body = objects.key_secret(policy, record, decision.new_material[record.serial])
+            await self._write(outcome, "Secret", self.api.create(SECRETS, namespace, body))
+
+        await self._publish_jwks(policy, spec, decision, materials, outcome)
+
+        changed = sorted(decision.changed, key=lambda r: (r.state is not KeyState.ACTIVE, r.serial))
+        for record in changed:
+            current = by_serial[record.serial]
+            secret = await self.api.get(SECRETS, namespace, current.secret_name)
+            if secret is None or secret["metadata"]["resourceVersion"] != current.resource_version:
+                raise _Conflict()
+            await self._write(outcome, "Secret", self.api.replace(SECRETS, namespace, objects.with_record(secret, record)))
+
+        active = decision.active
+        await self._point_signing_secret(policy, spec, materials[active.serial], active.serial, outcome)
+
+        for record in decision.removed:
+            current = by_serial[record.serial]
+            await self.api.delete(SECRETS, namespace, current.secret_name, current.resource_version)
+            self.metrics.api_writes.labels("Secret").inc()
+            outcome.writes += 1
+
+        for reason in decision.rotations:
+            self.metrics.rotations.labels(reason.value).inc()
+        outcome.events.extend(e for e in decision.events if e.reason != "ShortTimeline")
+        for event in decision.events:
+            if event.reason == "RevokeRefused":
+                self.metrics.refused_inputs.labels("revoke-annotation").inc()
+
+        handled = {}
+        if decision.handled.rotate is not None and annotations.get(objects.ROTATE_HANDLED_ANNOTATION) != decision.handled.rotate:
+            handled[objects.ROTATE_HANDLED_ANNOTATION] = decision.handled.rotate
+        if decision.handled.revoke is not None and annotations.get(objects.REVOKE_HANDLED_ANNOTATION) != decision.handled.revoke:
+            handled[objects.REVOKE_HANDLED_ANNOTATION] = decision.handled.revoke
+        if handled:
+            patch = {"metadata": {"annotations": handled, "resourceVersion": metadata["resourceVersion"]}}
+            written = await self._write(outcome, "SigningKeyPolicy", self.api.merge_patch(POLICIES, namespace, name, patch))
+            policy = {**policy, "metadata": written["metadata"]}
+
+        outcome.next_wakeup = decision.next_wakeup
+        next_rotation = _next_rotation(decision.keys, spec)
+        self.metrics.observe_policy(namespace, name, active.activated, next_rotation)
+        await self._patch_status(policy, spec, list(decision.keys), outcome)
+
+    async def _write(self, outcome: Outcome, kind: str, call) -> dict[str, Any]:
+        try:
+            written = await call
+        except ApiError as error:
+            if error.conflict:
+                raise _Conflict() from None
+            raise
+        self.metrics.api_writes.labels(kind).inc()
+        outcome.writes += 1
+        outcome.own_versions[(kind, written["metadata"]["name"])] = written["metadata"]["resourceVersion"]
+        return written
+
+    async def _publish_jwks(self, policy, spec: PolicySpec, decision: Plan, materials, outcome: Outcome) -> None:
+        namespace = policy["metadata"]["namespace"]
+        jwks = render_jwk_set([materials[record.serial].public_jwk() for record in decision.published])
+        max_age = int(spec.jwks_max_age.total_seconds())
+        desired = objects.jwks_configmap(policy, spec.jwks_config_map_name, jwks, max_age)
+        current = await self.api.get(CONFIGMAPS, namespace, spec.jwks_config_map_name)
+        if objects.configmap_is_current(current, desired):
+            return
+        if current is None:
+            await self._write(outcome, "ConfigMap", self.api.create(CONFIGMAPS, namespace, desired))
+        else:
+            desired["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            await self._write(outcome, "ConfigMap", self.api.replace(CONFIGMAPS, namespace, desired))
+        if not decision.has_changes:
+            outcome.events.append(PlanEvent("Warning", "JwksRestored", f"ConfigMap {spec.jwks_config_map_name} did not match the key Secrets and was rewritten from them"))
+
+    async def _point_signing_secret(self, policy, spec: PolicySpec, material: KeyMaterial, serial: int, outcome: Outcome) -> None:
+        namespace = policy["metadata"]["namespace"]
+        current = await self.api.get(SECRETS, namespace, spec.signing_secret_name)
+        if objects.signing_secret_is_current(current, material):
+            return
+        desired = objects.signing_secret(policy, spec.signing_secret_name, material, serial)
+        if current is None:
+            await self._write(outcome, "Secret", self.api.create(SECRETS, namespace, desired))
+        else:
+            desired["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            await self._write(outcome, "Secret", self.api.replace(SECRETS, namespace, desired))
+        outcome.events.append(PlanEvent("Normal", "SigningSecretUpdated", f"Secret {spec.signing_secret_name} now holds key {material.kid}"))
+
+    # -- reporting ----------------------------------------------------------------------------
+    def _report_broken(self, policy, broken: list[tuple[dict, str]], outcome: Outcome) -> None:
+        for secret, reason in broken:
+            key = (policy["metadata"]["uid"], secret["metadata"]["name"])
+            version = secret["metadata"]["resourceVersion"]
+            if self._reported.get(key) == version:
+                continue
+            self._reported[key] = version
+            self.metrics.refused_inputs.labels("key-secret").inc()
+            outcome.events.append(PlanEvent("Warning", "KeySecretInvalid", f"{reason}; left in place, rotation paused until it is repaired or deleted"))
+
+    def _warn_short_timeline_once(self, policy, spec: PolicySpec, outcome: Outcome) -> None:
+        key = (policy["metadata"]["uid"], "timeline")
+        generation = str(policy["metadata"].get("generation"))
+        if self._reported.get(key) == generation:
+            return
+        self._reported[key] = generation
+        for warning in timeline_warnings(spec):
+            outcome.events.append(PlanEvent("Warning", "ShortTimeline", str(warning)))
+
+    async def _refuse_spec(self, policy, error: SpecError, outcome: Outcome) -> None:
+        key = (policy["metadata"]["uid"], "spec")
+        generation = str(policy["metadata"].get("generation"))
+        if self._reported.get(key) != generation:
+            self._reported[key] = generation
+            self.metrics.refused_inputs.labels("spec").inc()
+            outcome.events.append(PlanEvent("Warning", "InvalidSpec", str(error)))
+        status = dict(policy.get("status") or {})
+        status["observedGeneration"] = policy["metadata"].get("generation")
+        status["conditions"] = _conditions(
+            policy, self.clock(), ready=("False", "InvalidSpec", str(error)), degraded=("True", "InvalidSpec", str(error))
+        )
+        await self._patch_status_body(policy, status, outcome)
+
+    def forget(self, uid: str) -> None:
+        for key in [k for k in self._reported if k[0] == uid]:
+            del self._reported[key]
+
+    async def _patch_status(self, policy, spec: PolicySpec, records: list[KeyRecord], outcome: Outcome, broken=()) -> None:
+        active = next((r for r in records if r.state is KeyState.ACTIVE), None)
+        waiting = next((r for r in records if r.state is KeyState.NEXT), None)
+        next_rotation = _next_rotation(records, spec)
+        if broken:
+            message = "; ".join(reason for _, reason in broken)
+            ready = ("False", "KeySecretInvalid", message)
+            degraded = ("True", "KeySecretInvalid", message)
+        else:
+            ready = ("True", "KeysPublished", f"key {active.kid} signs and is published in ConfigMap {spec.jwks_config_map_name}")
+            degraded = ("False", "AsExpected", "all key Secrets are readable")
+        status = {
+            "observedGeneration": policy["metadata"].get("generation"),
+            "activeKid": active.kid if active else None,
+            "nextKid": waiting.kid if waiting else None,
+            "nextRotationTime": objects.format_time(next_rotation) if next_rotation else None,
+            "signingSecretName": spec.signing_secret_name,
+            "jwksConfigMapName": spec.jwks_config_map_name,
+            "keys": [_status_key(r) for r in sorted(records, key=lambda r: r.serial)],
+            "conditions": _conditions(policy, self.clock(), ready=ready, degraded=degraded),
+        }
+        await self._patch_status_body(policy, status, outcome)
+
+    async def _patch_status_body(self, policy, status: dict[str, Any], outcome: Outcome) -> None:
+        current = policy.get("status") or {}
+        if all(current.get(key) == value for key, value in status.items()):
+            return
+        metadata = policy["metadata"]
+        await self._write(
+            outcome, "SigningKeyPolicy",
+            self.api.merge_patch(POLICIES, metadata["namespace"], metadata["name"], {"status": status}, subresource="status"),
+        )
+
+
+def _next_rotation(records, spec: PolicySpec) -> datetime | None:
+    waiting = next((r for r in records if r.state is KeyState.NEXT), None)
+    if waiting is not None and waiting.activate_at is not None:
+        return waiting.activate_at
+    active = next((r for r in records if r.state is KeyState.ACTIVE), None)
+    if active is None or spec.suspend:
+        return None
+    return active.activated + spec.rotation_interval
+
+
+def _status_key(record: KeyRecord) -> dict[str, Any]:
+    entry: dict[str, Any] = {"kid": record.kid, "state": record.state.value, "algorithm": record.alg, "reason": record.reason.value}
+    for field_name, status_name in (("created", "created"), ("activated", "activated"), ("retired", "retired"), ("removal_due", "removalDue"), ("revoked", "revoked")):
+        value = getattr(record, field_name)
+        if value is not None:
+            entry[status_name] = objects.format_time(value)
+    return entry
+
+
+def _conditions(policy, now: datetime, *, ready: tuple[str, str, str], degraded: tuple[str, str, str]) -> list[dict[str, Any]]:
+    """Conditions keep their lastTransitionTime while their status holds (kubectl wait and
+    alerting read transitions), so an unchanged state writes nothing."""
+    previous = {c.get("type"): c for c in (policy.get("status") or {}).get("conditions") or []}
+    generation = policy["metadata"].get("generation")
+    result = []
+    for kind, (status, reason, message) in (("Ready", ready), ("Degraded", degraded)):
+        before = previous.get(kind)
+        unchanged = before is not None and before.get("status") == status
+        since = before["lastTransitionTime"] if unchanged else objects.format_time(now.replace(microsecond=0))
+        result.append({
+            "type": kind, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": since, "observedGeneration": generation,
+        })
+    return result

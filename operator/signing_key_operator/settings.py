@@ -1,0 +1,53 @@
+"""Operator settings: every field has a default, and a docstring saying why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    kubeconfig: str | None = None
+    """Path to a kubeconfig; None means in-cluster credentials, else the default kubeconfig,
+    the order kubectl users expect."""
+
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to watch; empty means cluster-wide. A namespaced install (the chart's
+    `namespaces` value) needs only Roles in those namespaces."""
+
+    secret_propagation: timedelta = timedelta(seconds=90)
+    """How long a mounted Secret takes to reach signers: the kubelet syncs volumes about once
+    a minute plus its cache TTL. A retired key stays published this much longer (invariant 3)."""
+
+    conflict_retry: timedelta = timedelta(milliseconds=200)
+    """Wait after a write lost a resourceVersion race: another replica (or the user) changed the
+    objects, so re-read at once rather than wait for the next due time."""
+
+    error_backoff_initial: timedelta = timedelta(seconds=1)
+    """First wait after a failed reconcile (API unreachable, refused write); doubles each time."""
+
+    error_backoff_max: timedelta = timedelta(seconds=60)
+    """Upper bound of that backoff: a broken API server must not be hammered, and a policy must
+    not sit unreconciled for longer than a minute once the API is back."""
+
+    metrics_port: int | None = 8080
+    """Port of the Prometheus endpoint (/metrics); None disables it."""
+
+    metrics_host: str = "0.0.0.0"
+    """Address the metrics endpoint binds: all interfaces in a pod; tests pass 127.0.0.1."""
+
+    health_port: int | None = 8081
+    """Port of kopf's liveness endpoint (/healthz) for the Deployment's probes; None disables it."""
+
+    peering: str | None = None
+    """kopf peering object name for several replicas; None runs standalone. Replicas are kept
+    from rotating twice by resourceVersion-guarded writes, not by peering (kopf peering is not
+    leader election), so peering only saves duplicate reads."""
+
+    api_connections: int = 32
+    """Concurrent HTTP connections to the API server: enough for a thousand policies starting at
+    once without queueing behind each other, few enough not to trip API priority and fairness."""
+
+    extra_labels: dict[str, str] = field(default_factory=dict)
+    """Labels added to every object the operator creates (e.g. a team or cost-centre label)."""
