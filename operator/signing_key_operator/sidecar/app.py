@@ -1,0 +1,302 @@
+"""The sidecar's HTTP app: serves the published JWK Set to verifiers.
+
+Endpoints
+---------
+``GET|HEAD /.well-known/jwks.json`` and ``/jwks.json``
+    The set byte for byte as published, ``Content-Type: application/jwk-set+json`` (RFC 7517
+    section 8.5; PyJWT's PyJWKClient, Node ``jose`` createRemoteJWKSet, Nimbus/Spring and Go
+    ``keyfunc``/``jwkset`` all read the body whatever its content type, and jose and Spring even
+    ask for it in ``Accept``), ``Cache-Control: public, max-age=N`` (``--max-age``, else the
+    policy's value published with the ConfigMap, else 60; never ``no-store``), a strong
+    ``ETag`` (SHA-256 of the body: the same on every replica), ``Last-Modified``. A matching
+    ``If-None-Match`` (a list, ``W/`` tags and ``*`` included) gives ``304`` with ETag and
+    Cache-Control. ``If-Modified-Since`` is deliberately not honoured: Last-Modified is the
+    time this replica loaded the set, which differs between replicas, so a date comparison
+    could answer 304 to a client holding an older set; ETag comparison cannot. ``503`` with a
+    JSON error until a valid set has been loaded.
+``GET|HEAD /.well-known/openid-configuration`` (only with ``--issuer``, else 404)
+    ``issuer``, ``jwks_uri`` (issuer + ``/.well-known/jwks.json``), the algs of the set, enough
+    for Spring's ``JwtDecoders.fromIssuerLocation``. When the issuer URL has a path, both
+    documents are also served under that path, where such clients look for them.
+``/healthz``
+    200 while the process runs (liveness).
+``/readyz``
+    200 once a valid set is loaded, 503 before, and 503 while draining after SIGTERM.
+    If the ConfigMap (or file) is deleted, the sidecar keeps serving the last good set and
+    stays ready: every replica sees the deletion at the same moment, so turning unready would
+    pull all of them out of the Service and fail every verifier at once, while the last good
+    set keeps verifying the tokens in flight. Revocation still works, because it is an update
+    of the ConfigMap, which is applied. The deletion is logged, shown in the /readyz body
+    (``sourcePresent: false``) and in the ``signing_key_sidecar_jwks_source_present`` gauge.
+``/metrics``
+    Prometheus text format from a per-app registry (see metrics.py).
+
+The app writes nothing to disk and logs through :mod:`logging` only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from prometheus_client.exposition import choose_encoder
+
+from .metrics import SidecarMetrics
+from .settings import Settings
+from .sources import Source
+from .state import JwksState, Snapshot
+
+log = logging.getLogger(__name__)
+
+JWKS_CONTENT_TYPE = "application/jwk-set+json"
+JSON_CONTENT_TYPE = "application/json"
+JWKS_PATHS = ("/.well-known/jwks.json", "/jwks.json")
+DISCOVERY_PATH = "/.well-known/openid-configuration"
+
+
+@dataclass
+class Lifecycle:
+    draining: bool = False
+    """Set on SIGTERM: /readyz answers 503 while the JWKS is still served."""
+
+
+STATE = web.AppKey("state", JwksState)
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", SidecarMetrics)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+
+_ETAG_RE = re.compile(r'[\s,]*(?:W/)?"([^"]*)"\s*(?:,|$)')
+
+
+def make_app(
+    source: Source | None, settings: Settings | None = None, *, state: JwksState | None = None
+) -> web.Application:
+    """Build the app. ``source`` (None: content is offered to ``app[STATE]`` by the caller) runs
+    as a background task from startup to cleanup and is restarted if it ever fails."""
+    settings = settings or Settings()
+    if state is None:
+        state = JwksState(SidecarMetrics())
+    metrics = state.metrics
+    app = web.Application(middlewares=[_metrics_middleware(metrics)])
+    app[STATE] = state
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[LIFECYCLE] = Lifecycle()
+
+    handlers = _Handlers(state, settings, app[LIFECYCLE])
+    for path in JWKS_PATHS:
+        app.router.add_get(path, handlers.jwks)
+    if settings.issuer:
+        app.router.add_get(DISCOVERY_PATH, handlers.discovery)
+        prefix = urlsplit(settings.issuer).path.rstrip("/")
+        if prefix:
+            app.router.add_get(prefix + DISCOVERY_PATH, handlers.discovery)
+            app.router.add_get(prefix + JWKS_PATHS[0], handlers.jwks)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/metrics", handlers.metrics)
+
+    if source is not None:
+        app.cleanup_ctx.append(_source_runner(source, state, settings))
+    metrics.ready.set(0)
+    return app
+
+
+def _source_runner(
+    source: Source, state: JwksState, settings: Settings
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def supervise() -> None:
+        backoff = settings.backoff_initial
+        while True:
+            try:
+                await source.run(state)
+                log.warning("%s stopped; restarting", source.description)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s failed; restarting in %.1fs", source.description, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, settings.backoff_max)
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        log.info("loading the JWK Set from %s", source.description)
+        task = asyncio.create_task(supervise(), name=f"jwks-source: {source.description}")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return ctx
+
+
+def _metrics_middleware(metrics: SidecarMetrics) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        path = resource.canonical if resource is not None else "unmatched"
+        method = request.method if request.method in ("GET", "HEAD") else "other"
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            metrics.requests.labels(path=path, method=method, status=str(status)).inc()
+
+    return middleware
+
+
+class _Handlers:
+    def __init__(self, state: JwksState, settings: Settings, lifecycle: Lifecycle) -> None:
+        self.state = state
+        self.settings = settings
+        self.lifecycle = lifecycle
+        self._discovery_cache: tuple[int, bytes, str] | None = None
+
+    def _max_age(self, snap: Snapshot) -> int:
+        s = self.settings
+        if s.max_age is not None:
+            return s.max_age
+        if snap.max_age is not None:
+            return snap.max_age
+        return s.default_max_age
+
+    def _not_loaded(self) -> web.Response:
+        return _json(
+            503,
+            {"error": "jwks_not_loaded", "message": "no valid JWK Set has been loaded yet"},
+            headers={"Retry-After": "1", "Cache-Control": "no-cache"},
+        )
+
+    def _representation(
+        self, request: web.Request, snap: Snapshot, body: bytes, etag: str, content_type: str
+    ) -> web.Response:
+        headers = {
+            "Cache-Control": f"public, max-age={self._max_age(snap)}",
+            "ETag": etag,
+            "Last-Modified": snap.last_modified,
+            "Access-Control-Allow-Origin": "*",
+            "X-Content-Type-Options": "nosniff",
+        }
+        if_none_match = request.headers.get("If-None-Match")
+        if if_none_match is not None and etag_matches(if_none_match, etag):
+            return web.Response(status=304, headers=headers)
+        headers["Content-Type"] = content_type
+        return web.Response(status=200, body=body, headers=headers)
+
+    async def jwks(self, request: web.Request) -> web.Response:
+        snap = self.state.current
+        if snap is None:
+            return self._not_loaded()
+        return self._representation(request, snap, snap.body, snap.etag, JWKS_CONTENT_TYPE)
+
+    async def discovery(self, request: web.Request) -> web.Response:
+        snap = self.state.current
+        if snap is None:
+            return self._not_loaded()
+        cached = self._discovery_cache
+        if cached is None or cached[0] != snap.generation:
+            body = discovery_document(self.settings.issuer or "", snap)
+            cached = (snap.generation, body, '"' + hashlib.sha256(body).hexdigest() + '"')
+            self._discovery_cache = cached
+        return self._representation(request, snap, cached[1], cached[2], JSON_CONTENT_TYPE)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n", headers={"Cache-Control": "no-cache"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        snap = self.state.current
+        present = self.state.source_present
+        if self.lifecycle.draining:
+            return _json(503, {"ready": False, "reason": "shutting down"}, headers={"Cache-Control": "no-cache"})
+        if snap is None:
+            body: dict[str, Any] = {
+                "ready": False,
+                "reason": "no valid JWK Set loaded yet",
+                "sourcePresent": present,
+            }
+            refusal = self.state.last_refusal
+            if refusal is not None:
+                body["lastRefusal"] = {"reason": refusal.reason, "message": refusal.message}
+            return _json(503, body, headers={"Cache-Control": "no-cache"})
+        return _json(
+            200,
+            {"ready": True, "generation": snap.generation, "kids": list(snap.jwk_set.kids), "sourcePresent": present},
+            headers={"Cache-Control": "no-cache"},
+        )
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        m = self.state.metrics
+        m.ready.set(1 if self.state.loaded and not self.lifecycle.draining else 0)
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        headers = {"Content-Type": content_type, "Cache-Control": "no-cache"}
+        return web.Response(body=encoder(m.registry), headers=headers)
+
+
+def discovery_document(issuer: str, snap: Snapshot) -> bytes:
+    """OpenID Provider Metadata (OIDC Discovery 1.0) sufficient for JWT verifiers."""
+    algs = sorted({_alg_of(k) for k in snap.jwk_set.keys} - {None})  # type: ignore[operator]
+    doc = {
+        "issuer": issuer,
+        "jwks_uri": issuer.rstrip("/") + JWKS_PATHS[0],
+        "id_token_signing_alg_values_supported": algs,
+        "response_types_supported": ["id_token"],
+        "subject_types_supported": ["public"],
+    }
+    return (json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n").encode()
+
+
+_DEFAULT_ALG = {
+    "P-256": "ES256",
+    "P-384": "ES384",
+    "P-521": "ES512",
+    "secp256k1": "ES256K",
+    "Ed25519": "EdDSA",
+    "Ed448": "EdDSA",
+}
+
+
+def _alg_of(key: Any) -> str | None:
+    if "alg" in key:
+        return str(key["alg"])
+    if key.get("use") == "enc":
+        return None
+    if key.get("kty") == "RSA":
+        return "RS256"
+    return _DEFAULT_ALG.get(key.get("crv", ""))
+
+
+def etag_matches(if_none_match: str, etag: str) -> bool:
+    """RFC 9110 If-None-Match: ``*`` or a list of entity tags, weak comparison."""
+    value = if_none_match.strip()
+    if value == "*":
+        return True
+    opaque = etag.removeprefix("W/").strip('"')
+    pos = 0
+    while value[pos:].strip(", \t"):
+        m = _ETAG_RE.match(value, pos)
+        if m is None:
+            return False  # malformed list: no match, serve the full representation
+        if m.group(1) == opaque:
+            return True
+        pos = m.end()
+    return False
+
+
+def _json(status: int, body: dict[str, Any], *, headers: dict[str, str] | None = None) -> web.Response:
+    data = (json.dumps(body, separators=(",", ":")) + "\n").encode()
+    return web.Response(status=status, body=data, headers={"Content-Type": JSON_CONTENT_TYPE, **(headers or {})})
