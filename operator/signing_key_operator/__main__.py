@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", action="store_true")
     run.set_defaults(handler=_run)
 
+    from .sidecar import cli as sidecar_cli
+
+    serve = commands.add_parser("serve", help="serve the JWKS from the ConfigMap (the sidecar)")
+    sidecar_cli.add_arguments(serve)
+    serve.set_defaults(handler=sidecar_cli.run)
+
     dev = commands.add_parser("dev-cluster", help="a local kube-apiserver + etcd + kube-controller-manager on loopback")
     dev.add_argument("action", choices=["up", "down", "status", "build"],
                      help="build only builds the binaries and unpacks kubectl/helm (cached)")
