@@ -1,0 +1,315 @@
+"""The policy a SigningKeyPolicy asks for, parsed and validated from the CR's ``spec``.
+
+:meth:`PolicySpec.from_resource` is the only place defaults are filled in, and every default
+says why it has its value. Errors name the CR field (``spec.rotation.publishAhead: ...``) so
+the user can fix the manifest from the event or condition alone.
+
+The timeline defaults come from how verifiers cache the JWKS. They cache on their own clock
+and mostly ignore Cache-Control (figures from their sources, see :data:`CLIENT_JWKS_CACHES`),
+so a key must be published longer than the longest of those caches before it signs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from .durations import format_duration, parse_duration
+from .keys import ALGORITHMS, DEFAULT_RSA_KEY_SIZE, RSA_KEY_SIZES, is_rsa_algorithm
+
+__all__ = [
+    "CLIENT_JWKS_CACHES",
+    "DEFAULT_ALGORITHM",
+    "DEFAULT_CLOCK_SKEW",
+    "DEFAULT_JWKS_MAX_AGE",
+    "DEFAULT_MINIMUM_PUBLISH_AHEAD",
+    "DEFAULT_ROTATION_INTERVAL",
+    "DEFAULT_SECRET_PROPAGATION",
+    "DEFAULT_TOKEN_LIFETIME",
+    "ClientCache",
+    "PolicySpec",
+    "SpecError",
+    "SpecWarning",
+    "timeline_warnings",
+]
+
+
+@dataclass(frozen=True)
+class ClientCache:
+    client: str
+    cache_time: timedelta
+    note: str
+
+
+CLIENT_JWKS_CACHES = (
+    ClientCache("PyJWT PyJWKClient", timedelta(seconds=300), "lifespan=300 s"),
+    ClientCache(
+        "Node jose createRemoteJWKSet",
+        timedelta(minutes=10),
+        "cacheMaxAge 10 min; refetches on an unknown kid at most every 30 s",
+    ),
+    ClientCache(
+        "Nimbus JWKSourceBuilder (Spring)",
+        timedelta(minutes=5),
+        "5 min cache; Spring's NimbusJwtDecoder turns refresh-ahead and rate limiting off",
+    ),
+    ClientCache(
+        "Go keyfunc",
+        timedelta(hours=1),
+        "background refresh every 1 h; unknown-kid refetch at most once per 5 min",
+    ),
+)
+"""How long common verifier libraries keep a JWKS before they fetch it again (their defaults)."""
+
+DEFAULT_ALGORITHM = "ES256"
+"""Small keys and signatures, generation in microseconds, and supported by every common
+verifier (PyJWT, jose, Nimbus, keyfunc); RSA remains available for old verifiers."""
+
+DEFAULT_ROTATION_INTERVAL = timedelta(hours=720)
+"""30 days: often enough that rotation is a routine, exercised path (and a leaked key has a
+bounded life), rare enough that publishAhead and retention are a small part of each period, so
+the JWKS normally holds two or three keys."""
+
+DEFAULT_MINIMUM_PUBLISH_AHEAD = max(cache.cache_time for cache in CLIENT_JWKS_CACHES)
+"""1 h, the longest default cache among the common clients (Go keyfunc): after it every one
+of them has refreshed and knows the new key before a token signed with it arrives."""
+
+DEFAULT_TOKEN_LIFETIME = timedelta(hours=1)
+"""The common access-token lifetime (OAuth servers and cloud STS default to about an hour);
+set it to the longest lifetime your signers issue, since retention is derived from it."""
+
+DEFAULT_CLOCK_SKEW = timedelta(minutes=1)
+"""Spring's JwtTimestampValidator and Nimbus allow 60 s of skew; a verifier's clock may be
+that far behind, so a token can be accepted up to this long after its exp."""
+
+DEFAULT_JWKS_MAX_AGE = timedelta(seconds=60)
+"""Cache-Control max-age for proxies, CDNs and the few clients that honour it: short enough
+that a revocation spreads within a minute, long enough to spare the server a request storm
+(never no-store, which caused a thundering herd in Vault)."""
+
+DEFAULT_SECRET_PROPAGATION = timedelta(seconds=90)
+"""A mounted Secret reaches pods after the kubelet's sync period (1 min by default) plus its
+cache delay; signers keep using the old key until then, so its tokens keep appearing."""
+
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_MAX_NAME_LENGTH = 253
+
+
+class SpecError(ValueError):
+    """A spec field is invalid; ``str()`` reads ``"spec.rotation.interval: must be positive"``."""
+
+    def __init__(self, field_path: str, message: str) -> None:
+        super().__init__(f"{field_path}: {message}")
+        self.field_path = field_path
+        self.message = message
+
+
+@dataclass(frozen=True)
+class SpecWarning:
+    """Not an error: the policy works, but some verifiers may reject tokens around a rotation."""
+
+    field_path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field_path}: {self.message}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicySpec:
+    """A validated SigningKeyPolicy spec (construct it with :meth:`from_resource`).
+
+    Construction checks the cross-field rules too, so ``dataclasses.replace`` cannot build an
+    unsafe policy either.
+    """
+
+    name: str
+    """The SigningKeyPolicy's name; the default object names derive from it."""
+    algorithm: str
+    """``spec.algorithm``, default :data:`DEFAULT_ALGORITHM` (why: see there)."""
+    rsa_key_size: int
+    """``spec.rsaKeySize``, default :data:`~.keys.DEFAULT_RSA_KEY_SIZE` (why: see there).
+    Used for RS*/PS* only and ignored otherwise, so switching algorithm takes one edit."""
+    rotation_interval: timedelta
+    """``spec.rotation.interval``: how long each key signs; :data:`DEFAULT_ROTATION_INTERVAL`."""
+    publish_ahead: timedelta
+    """``spec.rotation.publishAhead``: how long a key is published before it signs. Default
+    max(:data:`DEFAULT_MINIMUM_PUBLISH_AHEAD`, jwks.maxAge): longer than every common client's
+    cache and than what Cache-Control lets others keep."""
+    token_lifetime: timedelta
+    """``spec.tokenLifetime``: the longest lifetime signers give tokens; :data:`DEFAULT_TOKEN_LIFETIME`."""
+    clock_skew: timedelta
+    """``spec.clockSkew``: how late verifiers may still accept a token; :data:`DEFAULT_CLOCK_SKEW`."""
+    jwks_max_age: timedelta
+    """``spec.jwks.maxAge``: the JWKS Cache-Control max-age; :data:`DEFAULT_JWKS_MAX_AGE`."""
+    signing_secret_name: str
+    """``spec.signingSecretName``, default ``<name>-signing``: predictable, so signer
+    Deployments can name the Secret they mount before the policy has made it."""
+    jwks_config_map_name: str
+    """``spec.jwksConfigMapName``, default ``<name>-jwks``, predictable for the same reason."""
+    suspend: bool
+    """``spec.suspend``, default false: a policy rotates unless someone decides otherwise."""
+    secret_propagation: timedelta
+    """Not in the CRD: an operator setting, since it depends on the cluster's kubelets;
+    :data:`DEFAULT_SECRET_PROPAGATION`."""
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise SpecError(
+                "spec.algorithm", f"must be one of {', '.join(ALGORITHMS)} (got {self.algorithm!r})"
+            )
+        if self.rsa_key_size not in RSA_KEY_SIZES:
+            raise SpecError(
+                "spec.rsaKeySize",
+                f"must be one of {', '.join(map(str, RSA_KEY_SIZES))} (got {self.rsa_key_size!r})",
+            )
+        if self.rotation_interval <= timedelta(0):
+            raise SpecError("spec.rotation.interval", "must be positive")
+        if self.publish_ahead <= timedelta(0):
+            raise SpecError("spec.rotation.publishAhead", "must be positive")
+        if self.publish_ahead >= self.rotation_interval:
+            raise SpecError(
+                "spec.rotation.publishAhead",
+                f"must be below spec.rotation.interval ({_show(self.publish_ahead)} >= "
+                f"{_show(self.rotation_interval)})",
+            )
+        if self.jwks_max_age < timedelta(0):
+            raise SpecError("spec.jwks.maxAge", "must not be negative")
+        # Equal is enough: a set fetched just before a key was published expires in the
+        # caches that honour max-age before that key signs.
+        if self.publish_ahead < self.jwks_max_age:
+            raise SpecError(
+                "spec.rotation.publishAhead",
+                f"must not be below spec.jwks.maxAge ({_show(self.publish_ahead)} < "
+                f"{_show(self.jwks_max_age)}): clients that honour Cache-Control would not "
+                "have seen a new key before it signs",
+            )
+        if self.token_lifetime <= timedelta(0):
+            raise SpecError("spec.tokenLifetime", "must be positive")
+        if self.clock_skew < timedelta(0):
+            raise SpecError("spec.clockSkew", "must not be negative")
+        if self.secret_propagation < timedelta(0):
+            raise SpecError("secretPropagation", "must not be negative")
+        _check_object_name("spec.signingSecretName", self.signing_secret_name, self.name)
+        _check_object_name("spec.jwksConfigMapName", self.jwks_config_map_name, self.name)
+
+    @property
+    def retention(self) -> timedelta:
+        """How long a key that stopped signing stays published (invariant 3).
+
+        Its last tokens live for tokenLifetime, verifiers accept them clockSkew longer, and
+        signers keep signing with it until the new signing Secret reaches them.
+        """
+        return self.token_lifetime + self.clock_skew + self.secret_propagation
+
+    @classmethod
+    def from_resource(
+        cls,
+        name: str,
+        spec: Mapping[str, Any] | None,
+        *,
+        secret_propagation: timedelta = DEFAULT_SECRET_PROPAGATION,
+    ) -> PolicySpec:
+        """Parse a SigningKeyPolicy's ``spec`` (camelCase keys as in the CRD).
+
+        Unknown keys are ignored: the API server prunes them against the CRD schema.
+        """
+        spec = _mapping("spec", spec if spec is not None else {})
+        rotation = _mapping("spec.rotation", spec.get("rotation") or {})
+        jwks = _mapping("spec.jwks", spec.get("jwks") or {})
+
+        algorithm = spec.get("algorithm", DEFAULT_ALGORITHM)
+        if not isinstance(algorithm, str):
+            raise SpecError("spec.algorithm", f"must be a string (got {type(algorithm).__name__})")
+        rsa_key_size = spec.get("rsaKeySize", DEFAULT_RSA_KEY_SIZE)
+        if isinstance(rsa_key_size, bool) or not isinstance(rsa_key_size, int):
+            raise SpecError("spec.rsaKeySize", f"must be an integer (got {rsa_key_size!r})")
+        suspend = spec.get("suspend", False)
+        if not isinstance(suspend, bool):
+            raise SpecError("spec.suspend", f"must be true or false (got {suspend!r})")
+
+        jwks_max_age = _duration("spec.jwks.maxAge", jwks, "maxAge", DEFAULT_JWKS_MAX_AGE)
+        return cls(
+            name=name,
+            algorithm=algorithm,
+            rsa_key_size=rsa_key_size,
+            rotation_interval=_duration(
+                "spec.rotation.interval", rotation, "interval", DEFAULT_ROTATION_INTERVAL
+            ),
+            publish_ahead=_duration(
+                "spec.rotation.publishAhead",
+                rotation,
+                "publishAhead",
+                # Clients that honour Cache-Control may hold the set for maxAge, so a long
+                # maxAge lengthens the default rather than making it refuse itself.
+                max(DEFAULT_MINIMUM_PUBLISH_AHEAD, jwks_max_age),
+            ),
+            token_lifetime=_duration("spec.tokenLifetime", spec, "tokenLifetime", DEFAULT_TOKEN_LIFETIME),
+            clock_skew=_duration("spec.clockSkew", spec, "clockSkew", DEFAULT_CLOCK_SKEW),
+            jwks_max_age=jwks_max_age,
+            signing_secret_name=_name("spec.signingSecretName", spec, "signingSecretName", f"{name}-signing"),
+            jwks_config_map_name=_name("spec.jwksConfigMapName", spec, "jwksConfigMapName", f"{name}-jwks"),
+            suspend=suspend,
+            secret_propagation=secret_propagation,
+        )
+
+
+def timeline_warnings(spec: PolicySpec) -> tuple[SpecWarning, ...]:
+    """Warnings for timelines shorter than what common verifiers need (valid, but risky)."""
+    warnings: list[SpecWarning] = []
+    slower = [cache for cache in CLIENT_JWKS_CACHES if spec.publish_ahead < cache.cache_time]
+    if slower:
+        clients = "; ".join(
+            f"{cache.client} ({_show(cache.cache_time)}: {cache.note})" for cache in slower
+        )
+        warnings.append(
+            SpecWarning(
+                "spec.rotation.publishAhead",
+                f"{_show(spec.publish_ahead)} is shorter than the JWKS cache of {clients}. "
+                "With default settings these verifiers may reject tokens signed by a new key "
+                "(kid not found) until they refresh.",
+            )
+        )
+    return tuple(warnings)
+
+
+def _show(value: timedelta) -> str:
+    return format_duration(value, compact=True)
+
+
+def _mapping(field_path: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise SpecError(field_path, f"must be an object (got {type(value).__name__})")
+    return value
+
+
+def _duration(field_path: str, parent: Mapping[str, Any], key: str, default: timedelta) -> timedelta:
+    if parent.get(key) is None:
+        return default
+    try:
+        return parse_duration(parent[key])
+    except ValueError as error:
+        raise SpecError(field_path, str(error)) from None
+
+
+def _name(field_path: str, parent: Mapping[str, Any], key: str, default: str) -> str:
+    value = parent.get(key)
+    if value is None or value == "":
+        return default
+    if not isinstance(value, str):
+        raise SpecError(field_path, f"must be a string (got {type(value).__name__})")
+    return value
+
+
+def _check_object_name(field_path: str, value: str, policy_name: str) -> None:
+    if len(value) > _MAX_NAME_LENGTH or not _DNS1123_SUBDOMAIN.match(value):
+        raise SpecError(
+            field_path,
+            f"{value!r} is not a valid object name (lowercase letters, digits, '-' and '.', "
+            f"at most {_MAX_NAME_LENGTH} characters)",
+        )
+    if re.fullmatch(re.escape(policy_name) + r"-key-[0-9]+", value):
+        raise SpecError(field_path, f"{value!r} collides with the names of the per-key Secrets")

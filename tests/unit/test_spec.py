@@ -1,0 +1,165 @@
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+
+from signing_key_operator.core.spec import (
+    CLIENT_JWKS_CACHES,
+    PolicySpec,
+    SpecError,
+    SpecWarning,
+    timeline_warnings,
+)
+
+
+def test_defaults():
+    spec = PolicySpec.from_resource("billing", {})
+    assert spec == PolicySpec(
+        name="billing",
+        algorithm="ES256",
+        rsa_key_size=3072,
+        rotation_interval=timedelta(hours=720),
+        publish_ahead=timedelta(hours=1),
+        token_lifetime=timedelta(hours=1),
+        clock_skew=timedelta(minutes=1),
+        jwks_max_age=timedelta(seconds=60),
+        signing_secret_name="billing-signing",
+        jwks_config_map_name="billing-jwks",
+        suspend=False,
+        secret_propagation=timedelta(seconds=90),
+    )
+    assert PolicySpec.from_resource("billing", None) == spec
+
+
+def test_default_publish_ahead_covers_every_common_client_cache():
+    spec = PolicySpec.from_resource("billing", {})
+    assert all(spec.publish_ahead >= cache.cache_time for cache in CLIENT_JWKS_CACHES)
+    assert timeline_warnings(spec) == ()
+
+
+def test_default_publish_ahead_follows_a_long_max_age():
+    spec = PolicySpec.from_resource("billing", {"jwks": {"maxAge": "2h"}})
+    assert spec.publish_ahead == timedelta(hours=2)
+
+
+def test_full_spec_is_parsed_from_camel_case():
+    spec = PolicySpec.from_resource(
+        "billing",
+        {
+            "algorithm": "PS384",
+            "rsaKeySize": 4096,
+            "rotation": {"interval": "168h", "publishAhead": "2h30m"},
+            "tokenLifetime": "15m",
+            "clockSkew": "30s",
+            "jwks": {"maxAge": "5m"},
+            "signingSecretName": "billing-signer",
+            "jwksConfigMapName": "billing-public-keys",
+            "suspend": True,
+            "unknownFieldsArePrunedByTheApiServer": 1,
+        },
+        secret_propagation=timedelta(minutes=3),
+    )
+    assert (spec.algorithm, spec.rsa_key_size, spec.suspend) == ("PS384", 4096, True)
+    assert spec.rotation_interval == timedelta(days=7)
+    assert spec.publish_ahead == timedelta(hours=2, minutes=30)
+    assert spec.token_lifetime == timedelta(minutes=15)
+    assert spec.clock_skew == timedelta(seconds=30)
+    assert spec.jwks_max_age == timedelta(minutes=5)
+    assert (spec.signing_secret_name, spec.jwks_config_map_name) == ("billing-signer", "billing-public-keys")
+    assert spec.retention == timedelta(minutes=15) + timedelta(seconds=30) + timedelta(minutes=3)
+
+
+def test_retention_is_derived():
+    spec = PolicySpec.from_resource("billing", {"tokenLifetime": "2h", "clockSkew": "5m"})
+    assert spec.retention == timedelta(hours=2, minutes=5, seconds=90)
+
+
+def test_rsa_key_size_is_accepted_and_ignored_for_other_algorithms():
+    assert PolicySpec.from_resource("billing", {"algorithm": "EdDSA", "rsaKeySize": 2048}).algorithm == "EdDSA"
+
+
+@pytest.mark.parametrize(
+    ("spec", "field_path", "fragment"),
+    [
+        ({"algorithm": "HS256"}, "spec.algorithm", "must be one of RS256"),
+        ({"algorithm": 256}, "spec.algorithm", "must be a string"),
+        ({"rsaKeySize": 1024}, "spec.rsaKeySize", "must be one of 2048, 3072, 4096"),
+        ({"rsaKeySize": "3072"}, "spec.rsaKeySize", "must be an integer"),
+        ({"rsaKeySize": True}, "spec.rsaKeySize", "must be an integer"),
+        ({"rotation": "720h"}, "spec.rotation", "must be an object"),
+        ({"jwks": ["60s"]}, "spec.jwks", "must be an object"),
+        ({"rotation": {"interval": "30d"}}, "spec.rotation.interval", "unknown unit 'd'"),
+        ({"rotation": {"interval": 3600}}, "spec.rotation.interval", "expected a string"),
+        ({"rotation": {"interval": "0s"}}, "spec.rotation.interval", "must be positive"),
+        ({"rotation": {"publishAhead": "-1h"}}, "spec.rotation.publishAhead", "must be positive"),
+        (
+            {"rotation": {"interval": "1h", "publishAhead": "1h"}},
+            "spec.rotation.publishAhead",
+            "must be below spec.rotation.interval (1h >= 1h)",
+        ),
+        (
+            {"rotation": {"publishAhead": "2m"}, "jwks": {"maxAge": "5m"}},
+            "spec.rotation.publishAhead",
+            "must not be below spec.jwks.maxAge (2m < 5m)",
+        ),
+        ({"jwks": {"maxAge": "-1s"}}, "spec.jwks.maxAge", "must not be negative"),
+        ({"tokenLifetime": "0s"}, "spec.tokenLifetime", "must be positive"),
+        ({"tokenLifetime": "an hour"}, "spec.tokenLifetime", "invalid duration 'an hour'"),
+        ({"clockSkew": "-5s"}, "spec.clockSkew", "must not be negative"),
+        ({"suspend": "yes"}, "spec.suspend", "must be true or false"),
+        ({"signingSecretName": "Not_Valid"}, "spec.signingSecretName", "not a valid object name"),
+        ({"signingSecretName": 7}, "spec.signingSecretName", "must be a string"),
+        ({"jwksConfigMapName": "x" * 254}, "spec.jwksConfigMapName", "at most 253"),
+        ({"signingSecretName": "billing-key-3"}, "spec.signingSecretName", "collides"),
+    ],
+)
+def test_invalid_specs_name_the_field(spec, field_path, fragment):
+    with pytest.raises(SpecError) as error:
+        PolicySpec.from_resource("billing", spec)
+    assert error.value.field_path == field_path
+    assert str(error.value).startswith(f"{field_path}: ")
+    assert fragment in error.value.message
+
+
+def test_publish_ahead_error_reads_like_the_design():
+    with pytest.raises(SpecError) as error:
+        PolicySpec.from_resource("billing", {"rotation": {"interval": "24h", "publishAhead": "48h"}})
+    assert str(error.value) == (
+        "spec.rotation.publishAhead: must be below spec.rotation.interval (48h >= 24h)"
+    )
+
+
+def test_replace_validates_too():
+    spec = PolicySpec.from_resource("billing", {})
+    with pytest.raises(SpecError, match="spec.rotation.publishAhead"):
+        replace(spec, publish_ahead=spec.rotation_interval)
+    with pytest.raises(SpecError, match="secretPropagation"):
+        replace(spec, secret_propagation=timedelta(seconds=-1))
+
+
+def test_spec_error_is_a_value_error():
+    assert issubclass(SpecError, ValueError)
+
+
+def test_publish_ahead_below_one_hour_warns_about_go_keyfunc():
+    spec = PolicySpec.from_resource("billing", {"rotation": {"publishAhead": "30m"}})
+    (warning,) = timeline_warnings(spec)
+    assert isinstance(warning, SpecWarning)
+    assert warning.field_path == "spec.rotation.publishAhead"
+    assert "Go keyfunc" in warning.message
+    assert "PyJWT" not in warning.message and "Nimbus" not in warning.message
+    assert str(warning).startswith("spec.rotation.publishAhead: 30m is shorter than")
+
+
+def test_publish_ahead_of_four_minutes_warns_about_every_common_client():
+    spec = PolicySpec.from_resource("billing", {"rotation": {"publishAhead": "4m"}})
+    (warning,) = timeline_warnings(spec)
+    for client in ("PyJWT", "jose", "Nimbus", "Go keyfunc"):
+        assert client in warning.message
+
+
+def test_publish_ahead_equal_to_a_cache_time_does_not_warn_about_that_client():
+    spec = PolicySpec.from_resource("billing", {"rotation": {"publishAhead": "10m"}})
+    (warning,) = timeline_warnings(spec)
+    assert "Go keyfunc" in warning.message
+    assert "jose" not in warning.message
