@@ -36,6 +36,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa, x448, x25519
@@ -81,29 +82,29 @@ REASONS = frozenset(
 )
 """Every value :attr:`InvalidJwkSet.reason` can take (bounded: safe as a metric label)."""
 
-_REQUIRED = {"RSA": ("n", "e"), "EC": ("crv", "x", "y"), "OKP": ("crv", "x")}
+_REQUIRED = MappingProxyType({"RSA": ("n", "e"), "EC": ("crv", "x", "y"), "OKP": ("crv", "x")})
 
-_EC_CURVES: dict[str, tuple[ec.EllipticCurve, int]] = {
+_EC_CURVES: Mapping[str, tuple[ec.EllipticCurve, int]] = MappingProxyType({
     "P-256": (ec.SECP256R1(), 32),
     "P-384": (ec.SECP384R1(), 48),
     "P-521": (ec.SECP521R1(), 66),
     "secp256k1": (ec.SECP256K1(), 32),
-}
+})
 
-_OKP_CURVES = {
+_OKP_CURVES = MappingProxyType({
     "Ed25519": ed25519.Ed25519PublicKey,
     "Ed448": ed448.Ed448PublicKey,
     "X25519": x25519.X25519PublicKey,
     "X448": x448.X448PublicKey,
-}
+})
 
 # alg values that fit each kty (signature and key-management algorithms of RFC 7518/8037).
 _ALGS_RSA = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "RSA-OAEP", "RSA-OAEP-256", "RSA1_5"}
 )
-_ALGS_EC_SIG = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521", "ES256K": "secp256k1"}
+_ALGS_EC_SIG = MappingProxyType({"ES256": "P-256", "ES384": "P-384", "ES512": "P-521", "ES256K": "secp256k1"})
 _ALGS_ECDH = frozenset({"ECDH-ES", "ECDH-ES+A128KW", "ECDH-ES+A192KW", "ECDH-ES+A256KW"})
-_ALGS_OKP_SIG = {"EdDSA": ("Ed25519", "Ed448"), "Ed25519": ("Ed25519",), "Ed448": ("Ed448",)}
+_ALGS_OKP_SIG = MappingProxyType({"EdDSA": ("Ed25519", "Ed448"), "Ed25519": ("Ed25519",), "Ed448": ("Ed448",)})
 
 _B64URL = re.compile(r"\A[A-Za-z0-9_-]+\Z")
 _KID_SHOWN = 80
