@@ -620,7 +620,7 @@ ACTIONS = st.one_of(
 )
 
 # A crash applies a random subset of the plan's record writes and none of its handled values;
-# the restarted operator then plans again (two crashes in a row are not modelled).
+# the restarted operator then plans again, and may crash again.
 COMMITS = st.one_of(st.just(None), st.just(None), st.just(None), st.integers(min_value=0, max_value=2**16))
 
 GARBAGE = "-----BEGIN PRIVATE KEY----- MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg"
@@ -634,10 +634,10 @@ class Timeline:
     requests: Requests = Requests()
     factory: FakeKeys = field(default_factory=FakeKeys)
     rotate_values: int = 0
-    crashed_last_step: bool = False
     required_retention: dict[str, timedelta] = field(default_factory=dict)
     ever_revoked: set[str] = field(default_factory=set)
     activations_per_request: Counter = field(default_factory=Counter)
+    emergency_keys_per_revoke: Counter = field(default_factory=Counter)
 
     def plan(self, keys=None, now=None, requests=None) -> Plan:
         return plan(
@@ -676,10 +676,10 @@ class Timeline:
 
     def commit(self, result: Plan, crash_mask: int | None) -> None:
         was_active = {record.serial for record in self.keys if record.state is KeyState.ACTIVE}
-        if crash_mask is None or self.crashed_last_step:
+        stored_before = {record.serial for record in self.keys}
+        if crash_mask is None:
             self.keys = result.keys
             self.requests = with_handled(self.requests, result)
-            self.crashed_last_step = False
         else:
             writes = [("put", record) for record in (*result.created, *result.changed)]
             writes += [("delete", record) for record in result.removed]
@@ -691,7 +691,12 @@ class Timeline:
                     else:
                         store.pop(record.serial, None)
             self.keys = tuple(sorted(store.values(), key=lambda record: record.serial))
-            self.crashed_last_step = True
+        if result.handled.revoke is not None:
+            # a revoke request stores at most one emergency key, however often a crash makes
+            # the operator plan it again
+            minted = [r for r in self.keys if r.serial not in stored_before and r.reason is KeyReason.EMERGENCY]
+            self.emergency_keys_per_revoke[result.handled.revoke] += len(minted)
+            assert self.emergency_keys_per_revoke[result.handled.revoke] <= 1
         for record in self.keys:
             if record.state is KeyState.ACTIVE and record.serial not in was_active and record.rotate_request:
                 # a rotate request makes the signing key change once, however often it is seen

@@ -14,10 +14,10 @@ Lifecycle::
 
 Rules, in the order :func:`plan` applies them:
 
-1. a revoke request revokes a known kid; if that kid was signing, a fresh key signs at once;
-2. repair: several active keys keep the most recently activated; no active key activates a
+1. repair: several active keys keep the most recently activated; no active key activates a
    next key that has been published for publishAhead, else an emergency key (or the bootstrap
    key when there are no keys at all) signs at once, because there is never zero active keys;
+2. a revoke request revokes a known kid; if that kid was signing, a fresh key signs at once;
 3. (not when suspended) a next key of another algorithm than the spec's is dropped (it never
    signed, so no token needs it); a rotate request makes a next key that activates after
    publishAhead; an algorithm change starts a graceful rotation; the timer publishes the next
@@ -255,8 +255,11 @@ def plan(
         raise ValueError("now must be a timezone-aware UTC datetime")
     step = _Step(spec, keys, now, new_key)
 
-    handled_revoke = step.revoke_requested_kid(requests)
+    # Repair first: a crash between creating an emergency key and marking the revoked key may
+    # have left two active keys; settling on the newest makes the re-planned revocation find
+    # its key already replaced instead of minting another emergency key on every restart.
     step.keep_one_active_key()
+    handled_revoke = step.revoke_requested_kid(requests)
     step.keep_one_next_key()
     handled_rotate = None
     if not spec.suspend:
