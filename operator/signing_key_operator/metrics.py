@@ -57,6 +57,10 @@ class OperatorMetrics:
             "Inputs refused: invalid spec, bad annotation values, unreadable key Secrets.",
             ["kind"], registry=self.registry,
         )
+        self.reconciles = Counter(
+            "signing_key_operator_reconciles", "Reconciles run (gather, plan, act), by result.",
+            ["result"], registry=self.registry,
+        )
         self.api_writes = Counter(
             "signing_key_operator_api_writes", "Writes to the Kubernetes API, by kind of object.",
             ["object"], registry=self.registry,

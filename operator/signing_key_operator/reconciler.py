@@ -86,7 +86,10 @@ class Reconciler:
         try:
             await self._reconcile(policy, spec, outcome)
         except _Conflict:
+            self.metrics.reconciles.labels("conflict").inc()
             outcome.retry_after = self.settings.conflict_retry
+        else:
+            self.metrics.reconciles.labels("done").inc()
         return outcome
 
     # -- gather -------------------------------------------------------------------------------
@@ -282,9 +285,11 @@ class Reconciler:
 
     async def _patch_status_body(self, policy, status: dict[str, Any], outcome: Outcome) -> None:
         current = policy.get("status") or {}
-        if all(current.get(key) == value for key, value in status.items()):
+        stale = [key for key, value in status.items() if current.get(key) != value]
+        if not stale:
             return
         metadata = policy["metadata"]
+        logger.debug("status of %s/%s: %s changed", metadata["namespace"], metadata["name"], ", ".join(stale))
         await self._write(
             outcome, "SigningKeyPolicy",
             self.api.merge_patch(POLICIES, metadata["namespace"], metadata["name"], {"status": status}, subresource="status"),

@@ -1,0 +1,214 @@
+"""Crash safety and several replicas: operators of their own, in namespaces the session operator
+does not watch."""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+import uuid
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from .harness import FAST_SPEC, OperatorProcess, Policies, wait_until
+
+CRASHING_OPERATOR = str(Path(__file__).with_name("crashing_operator.py"))
+RETENTION = timedelta(seconds=5 + 1 + 2)  # tokenLifetime + clockSkew + secret propagation of FAST_SPEC
+
+
+@pytest.fixture
+def solo(api_client, signingkeypolicy_crd):
+    name = f"solo-{uuid.uuid4().hex[:8]}"
+    core = client.CoreV1Api(api_client)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield Policies(api_client, name)
+    core.delete_namespace(name)
+
+
+def _stored_state(policies: Policies, name: str):
+    keys = {}
+    for secret in policies.key_secrets(name):
+        annotations = secret.metadata.annotations
+        keys[annotations["signingkeys.dev/kid"]] = {
+            "state": secret.metadata.labels["signingkeys.dev/state"],
+            "retired": annotations.get("signingkeys.dev/retired"),
+            "reason": annotations.get("signingkeys.dev/reason"),
+        }
+    signing = policies.secret_data(f"{name}-signing")
+    return keys, policies.jwks_kids(f"{name}-jwks"), signing["kid"].decode() if signing else None
+
+
+def _check_invariants(policies: Policies, name: str, seen_published_at: dict[str, float]) -> dict:
+    keys, published, signing = _stored_state(policies, name)
+    now = time.time()
+    for kid in published:
+        seen_published_at.setdefault(kid, now)
+    if signing is not None:
+        assert signing in published, f"the signing key {signing} is not published: {published}"
+    assert set(published) <= set(keys), "a published kid has no key Secret"
+    for kid, key in keys.items():
+        if key["state"] == "revoked":
+            assert kid not in published, f"revoked {kid} is still published"
+        if key["state"] == "retired" and kid not in published:
+            retired = datetime.fromisoformat(key["retired"].replace("Z", "+00:00"))
+            assert datetime.now(timezone.utc) >= retired + RETENTION, f"retired {kid} unpublished before its retention"
+    return keys
+
+
+def test_kill_9_between_every_pair_of_writes_keeps_the_invariants_and_converges(solo, kubeconfig, tmp_path):
+    """Each operator process makes exactly one write and is killed; the next one continues."""
+    solo.create("crashy", FAST_SPEC)
+    seen: dict[str, float] = {}
+    crashes = 0
+    revoked = None
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        process = OperatorProcess(
+            kubeconfig, tmp_path / "crashing.log", extra_args=["--namespace", solo.namespace],
+            entry=[CRASHING_OPERATOR], env={"SKO_CRASH_AFTER_WRITES": "1"},
+        ).start()
+        try:
+            process.process.wait(20)
+        except Exception:
+            process.stop()  # nothing was due within 20 s
+        if process.process.returncode == -9:
+            crashes += 1
+        keys = _check_invariants(solo, "crashy", seen)
+        activated_by_timer = [k for k in keys.values() if k["reason"] == "timer" and k["state"] in ("active", "retired")]
+        if revoked is None and activated_by_timer:
+            # An emergency revocation in the middle, so its writes are interrupted too.
+            revoked = next(kid for kid, key in keys.items() if key["state"] == "active")
+            solo.annotate("crashy", {"signingkeys.dev/revoke-kid": revoked})
+        removed = [kid for kid in seen if kid not in keys]
+        print(f"{time.strftime('%T')} rc={process.process.returncode} keys={ {k[:6]: v['state'] for k, v in keys.items()} } removed={len(removed)}", flush=True)
+        if revoked and crashes >= 15 and removed and keys.get(revoked, {}).get("state", "revoked") == "revoked":
+            break
+    assert crashes >= 15, f"only {crashes} crashes happened:\n{(tmp_path / 'crashing.log').read_text()[-3000:]}"
+    assert revoked is not None and removed
+
+    survivor = OperatorProcess(kubeconfig, tmp_path / "survivor.log", extra_args=["--namespace", solo.namespace]).start()
+    try:
+        status = solo.wait_ready("crashy", timeout=30)["status"]
+        keys = _check_invariants(solo, "crashy", seen)
+        assert Counter(k["state"] for k in keys.values())["active"] == 1
+        _, published, signing = _stored_state(solo, "crashy")
+        assert signing == status["activeKid"] and revoked not in published
+        assert sorted(published) == sorted(kid for kid, k in keys.items() if k["state"] != "revoked")
+    finally:
+        survivor.stop()
+
+
+
+def test_a_restarted_operator_writes_nothing_for_a_settled_policy(solo, kubeconfig, tmp_path):
+    first = OperatorProcess(kubeconfig, tmp_path / "first.log", extra_args=["--namespace", solo.namespace]).start()
+    try:
+        solo.create("settled", {"algorithm": "PS256", "rsaKeySize": 2048})
+        solo.wait_ready("settled")
+        time.sleep(1)
+    finally:
+        first.stop()
+    versions = _resource_versions(solo, "settled")
+    restarted = OperatorProcess(kubeconfig, tmp_path / "restarted.log", extra_args=["--namespace", solo.namespace]).start()
+    try:
+        wait_until(lambda: 'signing_key_operator_reconciles_total{result="done"}' in restarted.metrics(), 15, "a reconcile")
+        time.sleep(2)
+        assert _resource_versions(solo, "settled") == versions
+        assert "signing_key_operator_api_writes_total{" not in restarted.metrics()
+    finally:
+        restarted.stop()
+
+
+def _resource_versions(policies: Policies, name: str) -> list[str]:
+    versions = [policies.get(name)["metadata"]["resourceVersion"]]
+    versions += sorted(s.metadata.resource_version for s in policies.key_secrets(name))
+    versions.append(policies.core.read_namespaced_config_map(f"{name}-jwks", policies.namespace).metadata.resource_version)
+    versions.append(policies.core.read_namespaced_secret(f"{name}-signing", policies.namespace).metadata.resource_version)
+    return versions
+
+
+def test_two_operator_processes_rotate_exactly_once_per_due_time(solo, kubeconfig, tmp_path):
+    operators = [
+        OperatorProcess(kubeconfig, tmp_path / f"operator-{i}.log", extra_args=["--namespace", solo.namespace]).start()
+        for i in range(2)
+    ]
+    try:
+        solo.create("shared", FAST_SPEC)
+        solo.wait_ready("shared")
+        time.sleep(40)  # three rotation intervals of 12 s
+        events = solo.events("shared")
+        published = [e for e in events if e.reason == "KeyPublished"]
+        activated = [e for e in events if e.reason == "KeyActivated"]
+        metrics = [op.metrics() for op in operators]
+    finally:
+        for op in operators:
+            op.stop()
+    kid_pattern = re.compile(r"Key (\S+) \(serial")
+    published_kids = [kid_pattern.search(e.message).group(1) for e in published]
+    activated_kids = [kid_pattern.search(e.message).group(1) for e in activated]
+    assert len(activated_kids) >= 4  # bootstrap + three timer rotations
+    assert all(e.count in (None, 1) for e in published + activated)
+    assert len(set(published_kids)) == len(published_kids), "a key was published twice"
+    assert len(set(activated_kids)) == len(activated_kids), "a key was activated twice"
+    timer_rotations = sum(
+        float(match) for text in metrics
+        for match in re.findall(r'signing_key_operator_rotations_total\{reason="timer"\} (\S+)', text)
+    )
+    assert timer_rotations == len(activated_kids) - 1  # every activation but the bootstrap, counted once
+    # One rotation per due time: activations are an interval apart, never two at once.
+    times = sorted(e.first_timestamp or e.event_time for e in activated)
+    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:])]
+    assert all(gap >= 10 for gap in gaps), gaps
+    # Both processes were live and reconciling the policy, not one idling behind the other.
+    assert all("shared" in op_log for op_log in (op.logs() for op in operators))
+
+
+def test_no_private_key_material_reaches_configmaps_status_events_or_logs(solo, kubeconfig, api_client, tmp_path, operator):
+    """After a full run (create, timer rotation, rotate, revoke, tampered input) nothing but
+    Secrets holds private material."""
+    from signing_key_operator.core.keys import load_key
+
+    own = OperatorProcess(kubeconfig, tmp_path / "scan.log", extra_args=["--namespace", solo.namespace]).start()
+    try:
+        solo.create("scanned", {**FAST_SPEC, "algorithm": "RS256", "rsaKeySize": 2048})
+        first = solo.wait_ready("scanned")["status"]["activeKid"]
+        solo.annotate("scanned", {"signingkeys.dev/rotate": "now"})
+        wait_until(lambda: solo.get("scanned")["status"]["activeKid"] != first, 15, "the requested rotation")
+        active = solo.get("scanned")["status"]["activeKid"]
+        solo.annotate("scanned", {"signingkeys.dev/revoke-kid": active})
+        wait_until(lambda: active not in solo.jwks_kids("scanned-jwks"), 10, "the revocation")
+        time.sleep(2)
+    finally:
+        own.stop()
+
+    core = client.CoreV1Api(api_client)
+    secrets = core.list_secret_for_all_namespaces(label_selector="signingkeys.dev/component").items
+    assert secrets
+    needles = set()
+    for secret in secrets:
+        pem = base64.b64decode(secret.data["private.pem"])
+        try:
+            private = load_key(pem, base64.b64decode(secret.data["alg"]).decode()).private_jwk()
+        except Exception:
+            continue  # a test's deliberately tampered Secret
+        needles.add(pem.decode().splitlines()[1])  # a line of the PEM body
+        needles.update(private[member] for member in ("d", "p", "q", "dp", "dq", "qi") if member in private)
+
+    haystacks = {"operator log (session)": operator.logs(), "operator log (scan)": own.logs()}
+    for cm in core.list_config_map_for_all_namespaces().items:
+        haystacks[f"ConfigMap {cm.metadata.namespace}/{cm.metadata.name}"] = str(cm.data) + str(cm.metadata.annotations)
+    for event in core.list_event_for_all_namespaces().items:
+        haystacks[f"Event {event.metadata.name}"] = f"{event.message} {event.reason}"
+    objects = client.CustomObjectsApi(api_client)
+    for policy in objects.list_cluster_custom_object("signingkeys.dev", "v1alpha1", "signingkeypolicies")["items"]:
+        haystacks[f"policy {policy['metadata']['name']}"] = str(policy.get("status")) + str(policy["metadata"].get("annotations"))
+    haystacks["metrics"] = operator.metrics()
+    leaks = [
+        where for where, text in haystacks.items()
+        if "PRIVATE KEY" in text or any(needle in text for needle in needles)
+    ]
+    assert not leaks, leaks
+    assert len(needles) >= 10
