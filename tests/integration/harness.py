@@ -91,6 +91,13 @@ class OperatorProcess:
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def metrics_or_empty(self) -> str:
+        """The metrics, or "" while the endpoint is not up yet."""
+        try:
+            return self.metrics()
+        except OSError:
+            return ""
+
     def metrics(self) -> str:
         import urllib.request
 

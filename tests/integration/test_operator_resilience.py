@@ -42,12 +42,14 @@ def _stored_state(policies: Policies, name: str):
     return keys, policies.jwks_kids(f"{name}-jwks"), signing["kid"].decode() if signing else None
 
 
-def _check_invariants(policies: Policies, name: str, seen_published_at: dict[str, float]) -> dict:
+def _check_invariants(policies: Policies, name: str, seen_published_at: dict[str, float], revoked: str | None = None) -> dict:
     keys, published, signing = _stored_state(policies, name)
     now = time.time()
     for kid in published:
         seen_published_at.setdefault(kid, now)
-    if signing is not None:
+    if signing is not None and signing != revoked:
+        # A revoked key leaves the JWKS before the signing Secret moves on: its tokens are to be
+        # refused from that moment, so that window is the revocation working, not a gap.
         assert signing in published, f"the signing key {signing} is not published: {published}"
     assert set(published) <= set(keys), "a published kid has no key Secret"
     for kid, key in keys.items():
@@ -77,14 +79,13 @@ def test_kill_9_between_every_pair_of_writes_keeps_the_invariants_and_converges(
             process.stop()  # nothing was due within 20 s
         if process.process.returncode == -9:
             crashes += 1
-        keys = _check_invariants(solo, "crashy", seen)
+        keys = _check_invariants(solo, "crashy", seen, revoked)
         activated_by_timer = [k for k in keys.values() if k["reason"] == "timer" and k["state"] in ("active", "retired")]
         if revoked is None and activated_by_timer:
             # An emergency revocation in the middle, so its writes are interrupted too.
             revoked = next(kid for kid, key in keys.items() if key["state"] == "active")
             solo.annotate("crashy", {"signingkeys.dev/revoke-kid": revoked})
         removed = [kid for kid in seen if kid not in keys]
-        print(f"{time.strftime('%T')} rc={process.process.returncode} keys={ {k[:6]: v['state'] for k, v in keys.items()} } removed={len(removed)}", flush=True)
         if revoked and crashes >= 15 and removed and keys.get(revoked, {}).get("state", "revoked") == "revoked":
             break
     assert crashes >= 15, f"only {crashes} crashes happened:\n{(tmp_path / 'crashing.log').read_text()[-3000:]}"
@@ -93,7 +94,7 @@ def test_kill_9_between_every_pair_of_writes_keeps_the_invariants_and_converges(
     survivor = OperatorProcess(kubeconfig, tmp_path / "survivor.log", extra_args=["--namespace", solo.namespace]).start()
     try:
         status = solo.wait_ready("crashy", timeout=30)["status"]
-        keys = _check_invariants(solo, "crashy", seen)
+        keys = _check_invariants(solo, "crashy", seen, revoked)
         assert Counter(k["state"] for k in keys.values())["active"] == 1
         _, published, signing = _stored_state(solo, "crashy")
         assert signing == status["activeKid"] and revoked not in published
@@ -114,7 +115,7 @@ def test_a_restarted_operator_writes_nothing_for_a_settled_policy(solo, kubeconf
     versions = _resource_versions(solo, "settled")
     restarted = OperatorProcess(kubeconfig, tmp_path / "restarted.log", extra_args=["--namespace", solo.namespace]).start()
     try:
-        wait_until(lambda: 'signing_key_operator_reconciles_total{result="done"}' in restarted.metrics(), 15, "a reconcile")
+        wait_until(lambda: 'signing_key_operator_reconciles_total{result="done"}' in restarted.metrics_or_empty(), 15, "a reconcile")
         time.sleep(2)
         assert _resource_versions(solo, "settled") == versions
         assert "signing_key_operator_api_writes_total{" not in restarted.metrics()
@@ -138,7 +139,9 @@ def test_two_operator_processes_rotate_exactly_once_per_due_time(solo, kubeconfi
     try:
         solo.create("shared", FAST_SPEC)
         solo.wait_ready("shared")
-        time.sleep(40)  # three rotation intervals of 12 s
+        # Bootstrap and three timer rotations, 12 s apart (with slack for a loaded machine).
+        wait_until(lambda: solo.event_reasons("shared").count("KeyActivated") >= 4, 75, "three timer rotations", interval=1)
+        time.sleep(1)
         events = solo.events("shared")
         published = [e for e in events if e.reason == "KeyPublished"]
         activated = [e for e in events if e.reason == "KeyActivated"]

@@ -254,7 +254,8 @@ class DevCluster:
             running = self.running()
             dead = [name for name, alive in running.items() if not alive and name != "kube-controller-manager"]
             if dead:
-                raise RuntimeError(f"{', '.join(dead)} exited during start-up:\n{self._log_tail(dead[0])}")
+                tails = "\n".join(f"--- {name}:\n{self._log_tail(name)}" for name in dead)
+                raise RuntimeError(f"{', '.join(dead)} exited during start-up:\n{tails}")
             time.sleep(0.25)
         raise TimeoutError(f"kube-apiserver not ready after {timeout:.0f}s:\n{self._log_tail('kube-apiserver')}")
 
