@@ -19,7 +19,7 @@ controlplane: setup
 	$(BIN)/signing-key-operator dev-cluster build
 
 demo: controlplane
-	$(BIN)/signing-key-operator dev-cluster up
+	$(BIN)/signing-key-operator demo
 
 test: controlplane
 	@echo "==> running the whole test suite (unit, integration on a real control plane)"

@@ -25,7 +25,9 @@ def _dev_cluster(args: argparse.Namespace) -> int:
         print(cluster.kubeconfig)
         return 0
     if args.action == "down":
-        stopped = cluster.down()
+        from .demo import stop_demo_processes
+
+        stopped = stop_demo_processes(cluster) + cluster.down()
         print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
         return 0
     running = cluster.running()
@@ -87,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the JWKS from the ConfigMap (the sidecar)")
     sidecar_cli.add_arguments(serve)
     serve.set_defaults(handler=sidecar_cli.run)
+
+    demo = commands.add_parser("demo", help="control plane, operator, sidecar, a policy and one rotation, narrated")
+    demo.add_argument("--dir", default=".devcluster", help="the dev cluster's folder (default: .devcluster)")
+    demo.set_defaults(handler=lambda args: __import__("signing_key_operator.demo", fromlist=["run_demo"]).run_demo(Path(args.dir)))
 
     dev = commands.add_parser("dev-cluster", help="a local kube-apiserver + etcd + kube-controller-manager on loopback")
     dev.add_argument("action", choices=["up", "down", "status", "build"],

@@ -135,6 +135,7 @@ class Reconciler:
         materials = {s.record.serial: s.material for s in stored}
         materials.update(decision.new_material)
         by_serial = {s.record.serial: s for s in stored}
+        act_events_from = len(outcome.events)
 
         for record in decision.created:
             body = objects.key_secret(policy, record, decision.new_material[record.serial])
@@ -161,7 +162,8 @@ class Reconciler:
 
         for reason in decision.rotations:
             self.metrics.rotations.labels(reason.value).inc()
-        outcome.events.extend(e for e in decision.events if e.reason != "ShortTimeline")
+        # What the plan decided reads before what acting on it touched (e.g. the signing Secret).
+        outcome.events[act_events_from:act_events_from] = [e for e in decision.events if e.reason != "ShortTimeline"]
         for event in decision.events:
             if event.reason == "RevokeRefused":
                 self.metrics.refused_inputs.labels("revoke-annotation").inc()
