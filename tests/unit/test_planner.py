@@ -193,7 +193,8 @@ def test_next_key_activates_when_due_and_the_old_key_retires():
     assert retired.retired == T0 + DAY
     assert retired.removal_due == T0 + DAY + SPEC.retention
     assert {record.serial for record in result.changed} == {1, 2}
-    assert result.published[0] == driver.active
+    # activation leaves the published set (and so the served JWKS and its ETag) unchanged
+    assert [record.kid for record in result.published] == [first.kid, driver.active.kid]
     assert result.next_wakeup == T0 + DAY + SPEC.retention
 
 

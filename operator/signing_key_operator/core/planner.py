@@ -209,11 +209,13 @@ class Plan:
 
     @property
     def published(self) -> tuple[KeyRecord, ...]:
-        """The JWKS content: active first (for verifiers that take the first key), then the
-        next key, then retired keys newest first. Never a revoked key."""
-        order = {KeyState.ACTIVE: 0, KeyState.NEXT: 1, KeyState.RETIRED: 2}
-        published = [record for record in self.keys if record.published]
-        return tuple(sorted(published, key=lambda record: (order[record.state], -record.serial)))
+        """The JWKS content, oldest key first; never a revoked key.
+
+        The order follows serials, not states, so activating a key leaves the published set
+        byte for byte unchanged: no ConfigMap write, no new ETag, no refetch by any verifier.
+        The set changes only when a key is published or removed. (Our tokens always carry a
+        kid, so no verifier needs the signing key in first place.)"""
+        return tuple(sorted((record for record in self.keys if record.published), key=lambda record: record.serial))
 
     @property
     def created(self) -> tuple[KeyRecord, ...]:
@@ -406,6 +408,10 @@ class _Step:
         if value is None or not value.strip() or value == requests.rotate_handled:
             return None
         answered = {record.rotate_request for record in (*self.previous, *self.records.values())}
+        if self.superseded_rotate_request not in {record.rotate_request for record in self.records.values()}:
+            # The key that answered it was just dropped for the old algorithm: its replacement
+            # answers it now, or the request would be lost.
+            answered.discard(self.superseded_rotate_request)
         if value in answered:
             return value
         waiting = self.next_key
