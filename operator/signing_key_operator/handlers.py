@@ -164,7 +164,7 @@ def build_registry(runner: PolicyRunner, settings: OperatorSettings) -> kopf.Ope
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
         configuration = load_configuration(settings.kubeconfig)
-        token = configuration.get_api_key_with_prefix("authorization")
+        token = configuration.get_api_key_with_prefix("BearerToken", alias="authorization")
         scheme, _, value = (token or "").partition(" ")
         return kopf.ConnectionInfo(
             server=configuration.host,
