@@ -70,6 +70,8 @@ class PolicyLoop:
                 logger.warning("reconcile of %s/%s failed (%s: %s); retrying in %s", *self.key, kind, error, backoff)
                 outcome = Outcome(retry_after=backoff)
             self.own_versions.update(outcome.own_versions)
+            if outcome.writes:
+                logger.info("%s/%s: reconciled with %d API writes", *self.key, outcome.writes)
             await self.runner.post_events(self.body, outcome)
             delay = self._delay(outcome)
             if delay is not None:

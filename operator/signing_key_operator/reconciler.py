@@ -156,9 +156,7 @@ class Reconciler:
 
         for record in decision.removed:
             current = by_serial[record.serial]
-            await self.api.delete(SECRETS, namespace, current.secret_name, current.resource_version)
-            self.metrics.api_writes.labels("Secret").inc()
-            outcome.writes += 1
+            await self._write(outcome, "Secret", self.api.delete(SECRETS, namespace, current.secret_name, current.resource_version))
 
         for reason in decision.rotations:
             self.metrics.rotations.labels(reason.value).inc()
@@ -192,7 +190,8 @@ class Reconciler:
             raise
         self.metrics.api_writes.labels(kind).inc()
         outcome.writes += 1
-        outcome.own_versions[(kind, written["metadata"]["name"])] = written["metadata"]["resourceVersion"]
+        if written:  # a DELETE answers with no object worth remembering
+            outcome.own_versions[(kind, written["metadata"]["name"])] = written["metadata"]["resourceVersion"]
         return written
 
     async def _publish_jwks(self, policy, spec: PolicySpec, decision: Plan, materials, outcome: Outcome) -> None:

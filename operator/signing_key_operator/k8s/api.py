@@ -158,7 +158,9 @@ class KubeApi:
             content_type="application/merge-patch+json",
         )
 
-    async def delete(self, resource: Resource, namespace: str, name: str, resource_version: str | None = None) -> None:
+    async def delete(self, resource: Resource, namespace: str, name: str, resource_version: str | None = None) -> dict[str, Any]:
+        """DELETE, guarded by resourceVersion when given (409 if the object changed since);
+        an object already gone is not an error. Returns nothing worth keeping ({})."""
         body = {"kind": "DeleteOptions", "apiVersion": "v1"}
         if resource_version:
             body["preconditions"] = {"resourceVersion": resource_version}
@@ -167,3 +169,4 @@ class KubeApi:
         except ApiError as error:
             if not error.not_found:
                 raise
+        return {}
