@@ -48,6 +48,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from multidict import CIMultiDict
 from prometheus_client.exposition import choose_encoder
 
 from .metrics import SidecarMetrics
@@ -139,6 +140,11 @@ def _source_runner(
 
 
 def _metrics_middleware(metrics: SidecarMetrics) -> Callable[..., Awaitable[web.StreamResponse]]:
+    # Label children cached per (path, method, status): ``labels()`` takes a lock and builds
+    # the label tuple on every call, a measurable share of a JWKS request. Every label has a
+    # bounded set of values, so the cache is bounded too.
+    counters: dict[tuple[str, str, int], Any] = {}
+
     @web.middleware
     async def middleware(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -155,7 +161,11 @@ def _metrics_middleware(metrics: SidecarMetrics) -> Callable[..., Awaitable[web.
             status = exc.status
             raise
         finally:
-            metrics.requests.labels(path=path, method=method, status=str(status)).inc()
+            key = (path, method, status)
+            counter = counters.get(key)
+            if counter is None:
+                counter = counters[key] = metrics.requests.labels(path=path, method=method, status=str(status))
+            counter.inc()
 
     return middleware
 
@@ -166,6 +176,7 @@ class _Handlers:
         self.settings = settings
         self.lifecycle = lifecycle
         self._discovery_cache: tuple[int, bytes, str] | None = None
+        self._jwks_headers: tuple[Snapshot, CIMultiDict[str], CIMultiDict[str]] | None = None
 
     def _max_age(self, snap: Snapshot) -> int:
         s = self.settings
@@ -185,24 +196,40 @@ class _Handlers:
     def _representation(
         self, request: web.Request, snap: Snapshot, body: bytes, etag: str, content_type: str
     ) -> web.Response:
-        headers = {
-            "Cache-Control": f"public, max-age={self._max_age(snap)}",
-            "ETag": etag,
-            "Last-Modified": snap.last_modified,
-            "Access-Control-Allow-Origin": "*",
-            "X-Content-Type-Options": "nosniff",
-        }
+        headers = self._headers(snap, etag)
         if_none_match = request.headers.get("If-None-Match")
         if if_none_match is not None and etag_matches(if_none_match, etag):
             return web.Response(status=304, headers=headers)
         headers["Content-Type"] = content_type
         return web.Response(status=200, body=body, headers=headers)
 
+    def _headers(self, snap: Snapshot, etag: str) -> CIMultiDict[str]:
+        return CIMultiDict(
+            {
+                "Cache-Control": f"public, max-age={self._max_age(snap)}",
+                "ETag": etag,
+                "Last-Modified": snap.last_modified,
+                "Access-Control-Allow-Origin": "*",
+                "X-Content-Type-Options": "nosniff",
+            }
+        )
+
     async def jwks(self, request: web.Request) -> web.Response:
+        # The hot path: headers are built once per snapshot (a new set or a new max-age makes a
+        # new Snapshot object), so a request costs a dict copy and, with If-None-Match, a compare.
         snap = self.state.current
         if snap is None:
             return self._not_loaded()
-        return self._representation(request, snap, snap.body, snap.etag, JWKS_CONTENT_TYPE)
+        cached = self._jwks_headers
+        if cached is None or cached[0] is not snap:
+            not_modified = self._headers(snap, snap.etag)
+            full = not_modified.copy()
+            full["Content-Type"] = JWKS_CONTENT_TYPE
+            cached = self._jwks_headers = (snap, not_modified, full)
+        if_none_match = request.headers.get("If-None-Match")
+        if if_none_match is not None and etag_matches(if_none_match, snap.etag):
+            return web.Response(status=304, headers=cached[1])
+        return web.Response(body=snap.body, headers=cached[2])
 
     async def discovery(self, request: web.Request) -> web.Response:
         snap = self.state.current

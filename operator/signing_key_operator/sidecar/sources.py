@@ -43,7 +43,10 @@ of these subtly wrong would silently stop updates. One thread for one watch is c
 resumes from the last resourceVersion (bookmarks on), relists on ``410 Gone``, and reconnects
 with capped, jittered exponential backoff on any error. (A kubeconfig with embedded
 ``*-data`` credentials makes the client write them to temporary files; in-cluster config
-writes nothing, so the sidecar still runs on a read-only root file system.)
+writes nothing, so the sidecar still runs on a read-only root file system.) The list and watch
+requests go through ``ApiClient.param_serialize``/``call_api`` (same authentication, same
+errors) rather than the generated ``CoreV1Api``, whose first use imports some 250 pydantic models
+and costs about 22 MiB of RSS for one GET path; events are read as plain dicts.
 
 Both sources feed content through :func:`apply_published`: the one place that turns "data
 keys + annotations" into an offer to :class:`~.state.JwksState`.
@@ -309,18 +312,18 @@ class ConfigMapWatchSource:
             await asyncio.get_running_loop().run_in_executor(None, thread.join, 2.0)
 
     def _watch_loop(self, deliver: Callable[[Mapping[str, Any] | None], None], stop: threading.Event) -> None:
-        from kubernetes import client, watch
+        from kubernetes import watch
         from kubernetes.client.exceptions import ApiException
 
         s = self.settings
-        api = client.CoreV1Api(self.api_client)
+        list_configmaps = self._list_configmaps
         selector = f"metadata.name={self.name}"
         resource_version: str | None = None
         backoff = s.backoff_initial
         while not stop.is_set():
             try:
                 if resource_version is None:
-                    resp = api.list_namespaced_config_map(
+                    resp = list_configmaps(
                         self.namespace,
                         field_selector=selector,
                         _preload_content=False,
@@ -336,7 +339,7 @@ class ConfigMapWatchSource:
                 if stop.is_set():
                     break
                 for event in w.stream(
-                    api.list_namespaced_config_map,
+                    list_configmaps,
                     self.namespace,
                     field_selector=selector,
                     resource_version=resource_version,
@@ -378,6 +381,49 @@ class ConfigMapWatchSource:
                 backoff = _sleep_backoff(stop, backoff, s.backoff_max)
             finally:
                 self._watch = None
+
+    def _list_configmaps(
+        self,
+        namespace: str,
+        *,
+        field_selector: str,
+        resource_version: str | None = None,
+        allow_watch_bookmarks: bool | None = None,
+        timeout_seconds: int | None = None,
+        watch: bool | None = None,
+        _preload_content: bool = False,
+        _request_timeout: Any = None,
+    ):  # no return annotation or docstring: kubernetes.watch then yields events as plain dicts
+        # GET /api/v1/namespaces/{namespace}/configmaps as CoreV1Api.list_namespaced_config_map
+        # does it (BearerToken auth settings, so in-cluster tokens are refreshed), returning the
+        # raw urllib3 response and raising ApiException on a non-2xx status like its
+        # ``_preload_content=False`` mode.
+        from kubernetes.client.exceptions import ApiException
+
+        query = [
+            (k, v)
+            for k, v in (
+                ("fieldSelector", field_selector),
+                ("resourceVersion", resource_version),
+                ("allowWatchBookmarks", allow_watch_bookmarks),
+                ("timeoutSeconds", timeout_seconds),
+                ("watch", watch),
+            )
+            if v is not None
+        ]
+        request = self.api_client.param_serialize(
+            method="GET",
+            resource_path="/api/v1/namespaces/{namespace}/configmaps",
+            path_params={"namespace": namespace},
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        response = self.api_client.call_api(*request, _request_timeout=_request_timeout)
+        if not 200 <= response.status <= 299:
+            response.read()
+            raise ApiException.from_response(http_resp=response, body=None, data=None)
+        return response.response
 
 
 def _sleep_backoff(stop: threading.Event, backoff: float, cap: float) -> float:
