@@ -1,0 +1,239 @@
+"""Operator figures on a real control plane. Prints numbers; asserts nothing.
+
+    .venv/bin/python bench/operator_bench.py latency   # revoke -> gone, rotate -> published (p50/p99)
+    .venv/bin/python bench/operator_bench.py writes    # API writes per rotation step, per idle policy-hour
+    .venv/bin/python bench/operator_bench.py scale     # N policies: time until all Ready, operator RSS
+
+Each run starts its own dev control plane in a temporary folder and an operator process (the
+same `signing-key-operator run` users run), and stops both at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+from kubernetes import client, config, watch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from tests.integration.harness import OperatorProcess, Policies, wait_until  # noqa: E402
+
+from signing_key_operator.devcluster.cluster import DevCluster  # noqa: E402
+
+GROUP, VERSION, PLURAL = "signingkeys.dev", "v1alpha1", "signingkeypolicies"
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+@contextmanager
+def environment(operator_args: list[str] = ()):
+    with tempfile.TemporaryDirectory(prefix="sko-bench-") as tmp:
+        cluster = DevCluster(Path(tmp) / "cluster")
+        cluster.up()
+        api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+        extensions = client.ApiextensionsV1Api(api)
+        crd = yaml.safe_load((REPO / "crds" / "signingkeypolicies.yaml").read_text())
+        extensions.create_custom_resource_definition(crd)
+        wait_until(lambda: any(c.type == "Established" and c.status == "True" for c in
+                               extensions.read_custom_resource_definition(crd["metadata"]["name"]).status.conditions or []),
+                   30, "CRD Established")
+        client.CoreV1Api(api).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="bench")))
+        operator = OperatorProcess(cluster.kubeconfig, Path(tmp) / "operator.log", extra_args=list(operator_args)).start()
+        try:
+            yield cluster, api, operator
+        finally:
+            operator.stop()
+            api.close()
+            cluster.down()
+
+
+class ConfigMapWatcher:
+    """Timestamps every version of one ConfigMap's kid list, from a watch (no polling lag)."""
+
+    def __init__(self, api, namespace: str, name: str):
+        self.core = client.CoreV1Api(api)
+        self.namespace, self.name = namespace, name
+        self.versions: list[tuple[float, list[str]]] = []
+        self.changed = threading.Condition()
+        self._stop = watch.Watch()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        try:
+            self._watch()
+        except Exception as error:  # noqa: BLE001 - a bench reports, it does not hide
+            print(f"watch ended: {error!r}", file=sys.stderr)
+
+    def _watch(self):
+        for event in self._stop.stream(self.core.list_namespaced_config_map, self.namespace,
+                                       field_selector=f"metadata.name={self.name}", timeout_seconds=3600):
+            kids = [k["kid"] for k in json.loads(event["object"].data["jwks.json"])["keys"]]
+            with self.changed:
+                self.versions.append((time.monotonic(), kids))
+                self.changed.notify_all()
+
+    def wait_for(self, predicate, since: float, timeout: float = 10) -> float:
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while True:
+                for stamp, kids in self.versions:
+                    if stamp >= since and predicate(kids):
+                        return stamp
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("the ConfigMap never reached the expected content")
+                self.changed.wait(remaining)
+
+    def stop(self):
+        self._stop.stop()
+
+
+def latency(runs: int) -> None:
+    with environment() as (_, api, _operator):
+        policies = Policies(api, "bench")
+        policies.create("latency", {"algorithm": "ES256", "rotation": {"interval": "720h", "publishAhead": "1s"},
+                                    "tokenLifetime": "1s", "clockSkew": "0s", "jwks": {"maxAge": "1s"}})
+        policies.wait_ready("latency")
+        watcher = ConfigMapWatcher(api, "bench", "latency-jwks")
+        wait_until(lambda: watcher.versions, 10, "the watch")
+        rotate, revoke = [], []
+        for i in range(runs):
+            before = set(policies.jwks_kids("latency-jwks"))
+            start = time.monotonic()
+            policies.annotate("latency", {"signingkeys.dev/rotate": f"bench-{i}"})
+            seen = watcher.wait_for(lambda kids: bool(set(kids) - before), start)
+            rotate.append(seen - start)
+            (new_kid,) = set(next(kids for stamp, kids in watcher.versions if stamp == seen)) - before
+            wait_until(lambda: policies.get("latency")["status"].get("activeKid") == new_kid, 15, "activation")
+            start = time.monotonic()
+            policies.annotate("latency", {"signingkeys.dev/revoke-kid": new_kid})
+            seen = watcher.wait_for(lambda kids: new_kid not in kids, start)
+            revoke.append(seen - start)
+            wait_until(lambda: policies.get("latency")["status"]["activeKid"] not in (None, new_kid), 10, "the emergency key")
+        watcher.stop()
+    for name, values in (("rotate annotation -> new key in ConfigMap", rotate), ("revoke-kid annotation -> kid gone from ConfigMap", revoke)):
+        print(f"{name}: n={len(values)} p50={statistics.median(values) * 1000:.0f} ms "
+              f"p99={percentile(values, 0.99) * 1000:.0f} ms max={max(values) * 1000:.0f} ms")
+
+
+def _writes(operator: OperatorProcess) -> dict[str, float]:
+    found = re.findall(r'signing_key_operator_api_writes_total\{object="(\w+)"\} (\S+)', operator.metrics())
+    return {kind: float(value) for kind, value in found}
+
+
+def _total(writes: dict[str, float]) -> float:
+    return sum(writes.values())
+
+
+def writes(idle_seconds: int, idle_policies: int) -> None:
+    spec = {"algorithm": "ES256", "rotation": {"interval": "8s", "publishAhead": "3s"},
+            "tokenLifetime": "2s", "clockSkew": "0s", "jwks": {"maxAge": "1s"}}
+    with environment(["--secret-propagation", "1s"]) as (_, api, operator):
+        policies = Policies(api, "bench")
+        policies.create("writes", spec)
+        policies.wait_ready("writes")
+        # Writes of each rotation step: the operator logs its write count per reconcile, then the
+        # Events of that reconcile, which say what the step was.
+        wait_until(lambda: operator.logs().count("KeyRemoved") >= 3, 90, "three rotations", interval=1)
+        steps: dict[str, list[int]] = {}
+        current = None
+        for line in operator.logs().splitlines():
+            match = re.search(r"bench/writes: reconciled with (\d+) API writes", line)
+            if match:
+                current = int(match.group(1))
+                continue
+            event = re.search(r"bench/writes (Key\w+):", line)
+            if event and current is not None:
+                label = {"KeyPublished": "publish the next key", "KeyActivated": "activate it and retire the old",
+                         "KeyRemoved": "remove a retired key"}.get(event.group(1))
+                if label:
+                    steps.setdefault(label, []).append(current)
+                    current = None
+        for label, counts in steps.items():
+            print(f"API writes per rotation step, {label}: {counts}")
+
+        # Idle: policies with the default 30-day interval, nothing due; count writes over the window.
+        for i in range(idle_policies):
+            policies.create(f"idle-{i}", {})
+        wait_until(lambda: all(policies.condition(f"idle-{i}") == "True" for i in range(idle_policies)), 120, "idle policies Ready", interval=1)
+        policies.delete("writes")
+        time.sleep(2)
+        before = _total(_writes(operator))
+        time.sleep(idle_seconds)
+        after = _total(_writes(operator))
+        per_hour = (after - before) / idle_policies / (idle_seconds / 3600)
+        print(f"idle: {after - before:.0f} API writes by {idle_policies} settled policies in {idle_seconds} s "
+              f"= {per_hour:.2f} writes per policy-hour")
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def scale(count: int) -> None:
+    with environment() as (_, api, operator):
+        objects = client.CustomObjectsApi(api)
+        time.sleep(2)
+        idle_rss = _rss_mib(operator.process.pid)
+        start = time.monotonic()
+        for i in range(count):
+            objects.create_namespaced_custom_object(GROUP, VERSION, "bench", PLURAL, {
+                "apiVersion": f"{GROUP}/{VERSION}", "kind": "SigningKeyPolicy",
+                "metadata": {"name": f"p{i:04d}"}, "spec": {"algorithm": "ES256"}})
+        created = time.monotonic() - start
+        peak = idle_rss
+
+        def ready_count() -> int:
+            nonlocal peak
+            peak = max(peak, _rss_mib(operator.process.pid))
+            items = objects.list_namespaced_custom_object(GROUP, VERSION, "bench", PLURAL)["items"]
+            return sum(1 for p in items if any(c["type"] == "Ready" and c["status"] == "True"
+                                               for c in (p.get("status") or {}).get("conditions") or []))
+
+        ready = 0
+        deadline = time.monotonic() + 600
+        while ready < count and time.monotonic() < deadline:
+            ready = ready_count()
+            time.sleep(1)
+        elapsed = time.monotonic() - start
+        time.sleep(5)
+        settled_rss = _rss_mib(operator.process.pid)
+        print(f"{count} policies: created in {created:.1f} s; {ready}/{count} Ready {elapsed:.1f} s after the first create")
+        print(f"operator RSS: {idle_rss:.0f} MiB before, peak {peak:.0f} MiB while reconciling, {settled_rss:.0f} MiB settled")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    sub.add_parser("latency").add_argument("--runs", type=int, default=25)
+    w = sub.add_parser("writes")
+    w.add_argument("--idle-seconds", type=int, default=120)
+    w.add_argument("--idle-policies", type=int, default=20)
+    sub.add_parser("scale").add_argument("--count", type=int, default=1000)
+    args = parser.parse_args()
+    if args.what == "latency":
+        latency(args.runs)
+    elif args.what == "writes":
+        writes(args.idle_seconds, args.idle_policies)
+    else:
+        scale(args.count)
+
+
+if __name__ == "__main__":
+    main()
