@@ -1,0 +1,122 @@
+"""Fixtures of the conformance suite: the verifier builds, a namespace and an operator of its own,
+and the run summary.
+
+The suite runs its own operator (``--namespace conf-<hex>``, ``--secret-propagation`` to match
+the simulated kubelet lag) on a namespace outside the session operator's ``t-*`` pattern, so
+no other operator acts on its policies and its metrics are its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+
+import pytest
+from kubernetes import client
+
+from tests.integration.conftest import signingkeypolicy_crd  # noqa: F401 - fixture reused
+from tests.integration.harness import OperatorProcess, Policies
+
+from .clients import cache_root, missing_builds
+from .timeline import SECRET_PROPAGATION
+
+
+
+@pytest.fixture(scope="session", autouse=True)
+def verifier_builds():
+    """Autouse, so a missing build skips before the control plane starts."""
+    missing = missing_builds()
+    if missing:
+        message = (
+            "the conformance verifiers are not built for the current sources "
+            f"({', '.join(missing)} missing under {cache_root()}): "
+            "run tests/conformance/setup.sh first (`make test` does)"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"in CI {message}; a skip here would hide a missing install step", pytrace=False)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def conformance_namespace(verifier_builds, api_client, signingkeypolicy_crd):  # noqa: F811
+    name = f"conf-{uuid.uuid4().hex[:10]}"
+    core = client.CoreV1Api(api_client)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def conformance_operator(kubeconfig, conformance_namespace, tmp_path_factory):
+    process = OperatorProcess(
+        kubeconfig,
+        tmp_path_factory.mktemp("conformance-operator") / "operator.log",
+        extra_args=["--namespace", conformance_namespace, "--secret-propagation", SECRET_PROPAGATION],
+    ).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def conformance_policies(api_client, conformance_namespace, conformance_operator) -> Policies:
+    return Policies(api_client, conformance_namespace)
+
+
+@pytest.fixture(scope="session")
+def summary(tmp_path_factory):
+    """What the suite measured; printed and written to last-run.json at the end of the session."""
+    started = time.monotonic()
+    data: dict = {}
+    yield data
+    if not data:
+        return
+    data["suite_wall_time_s"] = round(time.monotonic() - started, 1)
+    text = json.dumps(data, indent=2, sort_keys=False)
+    targets = [tmp_path_factory.getbasetemp() / "conformance-last-run.json", cache_root() / "last-run.json"]
+    for target in targets:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text + "\n")
+        except OSError:
+            pass
+    print("\n\n=== conformance summary ===")
+    print(format_summary(data))
+    print(f"(JSON: {targets[1]}; also {targets[0]})")
+
+
+def format_summary(data: dict) -> str:
+    lines = []
+    rotation = data.get("rotation")
+    if rotation:
+        lines.append(
+            f"rotations: {rotation['rotations']['total']} ({rotation['rotations']['timer']} timer, "
+            f"{rotation['rotations']['annotation']} annotation) in {rotation['duration_s']} s; "
+            f"{rotation['tokens_signed']} tokens signed over {len(rotation['kids_signed'])} kids"
+        )
+        lines.append(f"{'client':<10}{'verified':>10}{'failures':>10}{'fresh':>8}{'mid':>8}{'oldest':>8}{'revoke reaction':>18}")
+        for name, figures in rotation["clients"].items():
+            reaction = figures.get("revoke_reaction_s")
+            lines.append(
+                f"{name:<10}{figures['verified']:>10}{figures['failures']:>10}{figures['by_kind'].get('fresh', 0):>8}"
+                f"{figures['by_kind'].get('mid', 0):>8}{figures['by_kind'].get('oldest', 0):>8}"
+                f"{(f'{reaction:.2f} s' if reaction is not None else 'never'):>18}"
+            )
+        revoke = rotation.get("revoke") or {}
+        if revoke:
+            lines.append(
+                f"revoke: kid left the ConfigMap after {revoke.get('configmap_s')} s and the served JWKS after "
+                f"{revoke.get('served_s')} s; the signer saw the fresh key after {revoke.get('signer_switched_s')} s"
+            )
+            for name, figures in rotation["clients"].items():
+                lines.append(f"  {name}: {figures.get('revoke_reaction_s')} s: {figures.get('revoke_explanation')}")
+    matrix = data.get("matrix_markdown")
+    if matrix:
+        lines.append("")
+        lines.append(matrix.rstrip())
+    if "suite_wall_time_s" in data:
+        lines.append(f"suite wall time: {data['suite_wall_time_s']} s (rotation run {rotation['duration_s'] if rotation else '-'} s, "
+                     f"matrix {data.get('matrix_duration_s', '-')} s)")
+    return "\n".join(lines)
+

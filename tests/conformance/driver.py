@@ -1,0 +1,358 @@
+"""The moving parts of a conformance run: a sidecar, a signer that sees the signing Secret the
+way a pod that mounts it does (late), the verifier clients fed on a schedule, and a record of
+every verdict.
+
+Times: ``time.time()`` (wall clock) throughout, because the verifiers judge exp against the
+same machine's wall clock.
+"""
+
+from __future__ import annotations
+
+import base64
+import heapq
+import itertools
+import json
+import queue
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jwt
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.rest import ApiException
+
+from tests.integration.harness import free_port, wait_until
+
+from .clients import Client, VerifierProcess
+
+
+# -- sidecar --------------------------------------------------------------------------------------
+
+
+class Sidecar:
+    """`signing-key-operator serve` watching one ConfigMap, as the chart runs it."""
+
+    def __init__(self, kubeconfig: Path, namespace: str, configmap: str, log_path: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/.well-known/jwks.json"
+        self.log_path = log_path
+        log = open(log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "signing_key_operator", "serve", "--configmap", f"{namespace}/{configmap}",
+             "--kubeconfig", str(kubeconfig), "--host", "127.0.0.1", "--port", str(self.port),
+             "--shutdown-delay", "0"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+    def ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"sidecar exited with {self.process.returncode}; see {self.log_path}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as reply:
+                return reply.status == 200
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout: float = 30) -> "Sidecar":
+        wait_until(self.ready, timeout, f"the JWKS sidecar on port {self.port} to be ready", interval=0.1)
+        return self
+
+    def kids(self) -> list[str]:
+        with urllib.request.urlopen(self.url, timeout=2) as reply:
+            return [key["kid"] for key in json.loads(reply.read())["keys"]]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+# -- the signer's view of the signing Secret ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    kid: str
+    alg: str
+    pem: bytes
+
+
+def read_signing_secret(core: k8s.CoreV1Api, namespace: str, name: str) -> tuple[str, SigningKey] | None:
+    try:
+        secret = core.read_namespaced_secret(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    data = {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}
+    return secret.metadata.resource_version, SigningKey(data["kid"].decode(), data["alg"].decode(), data["private.pem"])
+
+
+class MountedSecret(threading.Thread):
+    """What a pod sees of the signing Secret through a volume mount: every change, late.
+
+    The kubelet notices a changed Secret on its sync loop and swaps the volume's files after
+    its cache delay. Scaled down: this polls the API every ``poll`` seconds and shows each new
+    version ``lag`` seconds (uniform in the range) after it saw it, in order. The operator's
+    --secret-propagation must cover poll + the longest lag.
+    """
+
+    def __init__(self, kubeconfig: Path, namespace: str, name: str, poll: float, lag: tuple[float, float]):
+        super().__init__(name="mounted-secret", daemon=True)
+        self.api = k8s_config.new_client_from_config(config_file=str(kubeconfig))
+        self.core = k8s.CoreV1Api(self.api)
+        self.namespace, self.secret_name = namespace, name
+        self.poll, self.lag = poll, lag
+        self.stop_event = threading.Event()
+        self._lock = threading.Lock()
+        self._pending: list[tuple[float, SigningKey]] = []
+        self._visible: SigningKey | None = None
+        self.changes: list[dict] = []
+        """(kid, seen by the poll, visible to the signer), for the report."""
+
+    def run(self) -> None:
+        version = None
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    current = read_signing_secret(self.core, self.namespace, self.secret_name)
+                except Exception:  # noqa: BLE001 - an API hiccup is a late sync, not a test failure
+                    current = None
+                if current is not None and current[0] != version:
+                    version = current[0]
+                    now = time.time()
+                    shown = now if not self.changes else now + random.uniform(*self.lag)
+                    with self._lock:
+                        if not self._pending or self._pending[-1][1] != current[1]:
+                            self._pending.append((shown, current[1]))
+                            self.changes.append({"kid": current[1].kid, "seen": now, "visible": shown})
+                self.stop_event.wait(self.poll)
+        finally:
+            self.api.close()
+
+    def visible(self) -> SigningKey | None:
+        now = time.time()
+        with self._lock:
+            while self._pending and self._pending[0][0] <= now:
+                self._visible = self._pending.pop(0)[1]
+            return self._visible
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(5)
+
+
+# -- tokens and verdicts --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Token:
+    seq: int
+    kid: str
+    alg: str
+    signed: float
+    exp: int
+    value: str
+    probe: bool = False
+
+
+def sign(key: SigningKey, seq: int, lifetime: int, issuer: str, probe: bool = False) -> Token:
+    now = time.time()
+    iat = int(now)
+    claims = {"iss": issuer, "sub": "conformance", "iat": iat, "exp": iat + lifetime, "jti": str(seq)}
+    value = jwt.encode(claims, key.pem, algorithm=key.alg, headers={"kid": key.kid})
+    return Token(seq, key.kid, key.alg, now, iat + lifetime, value, probe)
+
+
+@dataclass
+class Verdict:
+    client: str
+    token: Token
+    kind: str
+    """fresh | mid | oldest | probe"""
+    started: float
+    finished: float
+    ok: bool
+    reason: str
+
+
+class ClientWorker(threading.Thread):
+    """Feeds one verifier process from its queue, one request at a time, and records verdicts."""
+
+    def __init__(self, process: VerifierProcess, record: Callable[[Verdict], None]):
+        super().__init__(name=f"verifier-{process.client.name}", daemon=True)
+        self.process = process
+        self.record = record
+        self.jobs: queue.Queue = queue.Queue()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            token, kind = job
+            started = time.time()
+            try:
+                ok, reason = self.process.verify(token.value)
+            except BaseException as error:  # noqa: BLE001 - surfaced by the test
+                self.error = error
+                return
+            self.record(Verdict(self.process.client.name, token, kind, started, time.time(), ok, reason))
+
+    def submit(self, token: Token, kind: str) -> None:
+        self.jobs.put((token, kind))
+
+    def backlog(self) -> int:
+        return self.jobs.qsize()
+
+
+class Scheduler(threading.Thread):
+    """Hands each token to every client when it is due: fresh, half-way, and at the oldest age
+    a verifier with ``skew`` of leeway still accepts."""
+
+    def __init__(self, workers: list[ClientWorker], skew: float, margin: float):
+        super().__init__(name="scheduler", daemon=True)
+        self.workers = workers
+        self.skew, self.margin = skew, margin
+        self._heap: list[tuple[float, int, Token, str]] = []
+        self._counter = itertools.count()
+        self._lock = threading.Condition()
+        self._stopped = False
+
+    def add(self, token: Token, ages: bool = True) -> None:
+        for worker in self.workers:
+            worker.submit(token, "probe" if token.probe else "fresh")
+        if not ages:
+            return
+        oldest = token.exp + self.skew - self.margin
+        with self._lock:
+            for due, kind in (((token.signed + oldest) / 2, "mid"), (oldest, "oldest")):
+                heapq.heappush(self._heap, (due, next(self._counter), token, kind))
+            self._lock.notify()
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._heap)
+
+    def run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopped and (not self._heap or self._heap[0][0] > time.time()):
+                    timeout = (self._heap[0][0] - time.time()) if self._heap else None
+                    self._lock.wait(timeout)
+                if self._stopped:
+                    return
+                _, _, token, kind = heapq.heappop(self._heap)
+            for worker in self.workers:
+                worker.submit(token, kind)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            self._lock.notify()
+
+
+class Signer(threading.Thread):
+    """Signs a token every ``beat`` seconds with whatever key the mounted Secret shows."""
+
+    def __init__(self, mounted: MountedSecret, scheduler: Scheduler, beat: float, lifetime: int, issuer: str):
+        super().__init__(name="signer", daemon=True)
+        self.mounted, self.scheduler = mounted, scheduler
+        self.beat, self.lifetime, self.issuer = beat, lifetime, issuer
+        self.stop_event = threading.Event()
+        self.seq = itertools.count(1)
+        self.signed: list[Token] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        next_beat = time.time()
+        try:
+            while not self.stop_event.is_set():
+                key = self.mounted.visible()
+                if key is not None:
+                    token = sign(key, next(self.seq), self.lifetime, self.issuer)
+                    self.signed.append(token)
+                    self.scheduler.add(token)
+                next_beat += self.beat
+                self.stop_event.wait(max(0.0, next_beat - time.time()))
+        except BaseException as error:  # noqa: BLE001 - surfaced by the test
+            self.error = error
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(5)
+
+
+class ServedHistory(threading.Thread):
+    """The kids the sidecar serves, sampled every ``interval`` s: the evidence for any failure."""
+
+    def __init__(self, sidecar: Sidecar, interval: float = 0.05):
+        super().__init__(name="served-history", daemon=True)
+        self.sidecar, self.interval = sidecar, interval
+        self.samples: list[tuple[float, frozenset[str]]] = []
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                kids = frozenset(self.sidecar.kids())
+                now = time.time()
+                if not self.samples or self.samples[-1][1] != kids:
+                    self.samples.append((now, kids))
+            except OSError:
+                pass
+            self.stop_event.wait(self.interval)
+
+    def served_at(self, moment: float) -> frozenset[str] | None:
+        served = None
+        for sampled, kids in self.samples:
+            if sampled > moment:
+                break
+            served = kids
+        return served
+
+    def first_without(self, kid: str, after: float) -> float | None:
+        for sampled, kids in self.samples:
+            if sampled >= after and kid not in kids:
+                return sampled
+        return None
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(5)
+
+
+@dataclass
+class Recorder:
+    verdicts: list[Verdict] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, verdict: Verdict) -> None:
+        with self.lock:
+            self.verdicts.append(verdict)
+
+    def snapshot(self) -> list[Verdict]:
+        with self.lock:
+            return list(self.verdicts)
+
+
+def start_clients(clients: tuple[Client, ...], args: dict[str, list[str]], log_dir: Path) -> dict[str, VerifierProcess]:
+    processes = {}
+    for one in clients:
+        processes[one.name] = VerifierProcess(one, args.get(one.name, []), log_dir / f"verifier-{one.name}.log")
+    return processes
+

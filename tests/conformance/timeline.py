@@ -1,0 +1,101 @@
+"""The scaled timeline of the rotation run and each client's settings scaled to match.
+
+Production defaults stand behind every figure: publishAhead 1 h (the longest default client
+cache, Go keyfunc's) becomes 6 s, so the factor is 1/600, and each client's cache times are
+divided by the same 600. Network timeouts and everything else keep the library defaults (they
+measure the network, not the timeline), except where a library refuses the mix (Nimbus
+requires refresh-ahead + refresh timeout <= cache TTL). tests/conformance/README.md carries
+the same table for people.
+"""
+
+from __future__ import annotations
+
+FACTOR = 600
+"""Production seconds per test second."""
+
+PUBLISH_AHEAD_S = 6  # 1 h / 600
+TOKEN_LIFETIME_S = 6  # 1 h / 600
+CLOCK_SKEW_S = 1  # 60 s / 600 = 0.1 s, raised: Nimbus takes whole seconds, and it must exceed scheduling jitter
+JWKS_MAX_AGE_S = 1  # 60 s / 600 = 0.1 s, raised to the CRD's whole seconds
+INTERVAL_S = 8  # 720 h is not a cache: short enough for 20+ rotations in a few minutes
+
+POLICY_SPEC = {
+    "algorithm": "ES256",
+    "rotation": {"interval": f"{INTERVAL_S}s", "publishAhead": f"{PUBLISH_AHEAD_S}s"},
+    "tokenLifetime": f"{TOKEN_LIFETIME_S}s",
+    "clockSkew": f"{CLOCK_SKEW_S}s",
+    "jwks": {"maxAge": f"{JWKS_MAX_AGE_S}s"},
+}
+
+SECRET_PROPAGATION = "2s"
+"""The operator's --secret-propagation: covers the simulated kubelet (poll 0.2 s + lag up to
+1.2 s) plus the operator's own writes before the signing Secret changes."""
+
+# The simulated kubelet (see driver.MountedSecret): 90 s of real propagation would be 0.15 s;
+# the suite uses a harsher 0.2 s poll + 0.5-1.2 s lag, covered by --secret-propagation 2s.
+MOUNT_POLL_S = 0.2
+MOUNT_LAG_S = (0.5, 1.2)
+
+SIGNER_BEAT_S = 0.15
+OLDEST_MARGIN_S = 0.25
+"""Tokens are re-verified this long before exp + clockSkew, the oldest any verifier accepts."""
+
+ALG = POLICY_SPEC["algorithm"]
+
+
+def _s(seconds: float) -> str:
+    return f"{seconds:g}"
+
+
+def _ms(seconds: float) -> str:
+    return str(round(seconds * 1000))
+
+
+# name -> command-line flags of that client's verifier (see verifiers/*/): each value is the
+# production default divided by FACTOR unless its comment says otherwise.
+CLIENT_ARGS: dict[str, list[str]] = {
+    "PyJWT": [
+        "--alg", ALG,
+        "--lifespan", _s(300 / FACTOR),  # JWK Set cache 300 s
+        "--cooldown", _s(30 / FACTOR),  # unknown-kid refetch cooldown 30 s
+        "--leeway", _s(CLOCK_SKEW_S),
+    ],
+    "jose": [
+        "--cache-max-age-ms", _ms(600 / FACTOR),  # cacheMaxAge 10 min
+        "--cooldown-ms", _ms(30 / FACTOR),  # cooldownDuration 30 s
+        "--leeway-s", _s(CLOCK_SKEW_S),
+    ],
+    "Nimbus": [
+        "--alg", ALG,
+        "--cache-ttl-ms", _ms(300 / FACTOR),  # cache time-to-live 5 min
+        "--refresh-ahead-ms", _ms(30 / FACTOR),  # refresh-ahead 30 s (lazy, as by default)
+        # 15 s refresh timeout would break Nimbus's rule refresh-ahead + timeout <= TTL: the
+        # largest value it allows.
+        "--refresh-timeout-ms", _ms(300 / FACTOR - 30 / FACTOR),
+        "--rate-limit-ms", _ms(30 / FACTOR),  # at most 2 fetches per 30 s
+        "--leeway-s", _s(CLOCK_SKEW_S),
+    ],
+    "Spring": [
+        "--alg", ALG,
+        # Spring's JWKSource: Nimbus cache 5 min, refresh-ahead and rate limit off. Its builder
+        # has no TTL knob; a Caffeine Spring Cache with the scaled TTL takes the cache's place.
+        "--cache-ttl-ms", _ms(300 / FACTOR),
+        "--leeway-s", _s(CLOCK_SKEW_S),
+    ],
+    "keyfunc": [
+        "--refresh-interval", f"{_ms(3600 / FACTOR)}ms",  # background refresh 1 h
+        "--unknown-kid-every", f"{_ms(300 / FACTOR)}ms",  # unknown-kid refresh once per 5 min
+        "--rate-limit-wait-max", f"{_ms(60 / FACTOR)}ms",  # waits at most 1 min for that limiter
+        "--leeway", f"{_s(CLOCK_SKEW_S)}s",
+    ],
+}
+
+# Production default of each client's cache, and what bounds its reaction to a revoked kid.
+CACHE_EXPLANATION: dict[str, str] = {
+    "PyJWT": "the JWK Set cache (lifespan 300 s, here 0.5 s) expires; the refetched set lacks the kid",
+    "jose": "cacheMaxAge (10 min, here 1 s) runs out; the next verification reloads the set",
+    "Nimbus": "the cache TTL (5 min, here 0.5 s; refresh-ahead in its last 30 s, here 50 ms) runs out",
+    "Spring": "Spring's cache TTL (Nimbus's 5 min, here 0.5 s via a Caffeine cache) runs out",
+    "keyfunc": "the next background refresh (1 h, here 6 s), or an earlier unknown-kid refresh "
+               "(here: the first token of the fresh key) replaces the whole set",
+}
