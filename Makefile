@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup controlplane demo test unit down
+.PHONY: setup controlplane conformance-verifiers demo test unit down
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -18,10 +18,14 @@ controlplane: setup
 	@echo "==> building (or reusing) kube-apiserver, kube-controller-manager and etcd; unpacking kubectl and helm"
 	$(BIN)/signing-key-operator dev-cluster build
 
+conformance-verifiers: setup
+	@echo "==> building (or reusing) the conformance verifiers: PyJWT, Node jose, Nimbus/Spring, Go keyfunc"
+	PYTHON=$(BIN)/python tests/conformance/setup.sh
+
 demo: controlplane
 	$(BIN)/signing-key-operator demo
 
-test: controlplane
+test: controlplane conformance-verifiers
 	@echo "==> running the whole test suite (unit, integration on a real control plane)"
 	$(BIN)/pytest -ra
 
