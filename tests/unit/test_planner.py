@@ -329,11 +329,13 @@ def test_revoking_the_active_key_unpublishes_it_and_a_fresh_key_signs_at_once():
     fresh = driver.active
     assert fresh.kid not in (compromised.kid, waiting.kid)
     assert (fresh.reason, fresh.emergency, fresh.activated) == (KeyReason.EMERGENCY, True, driver.now)
-    assert driver.next_key.kid == waiting.kid
-    assert compromised.kid not in {record.kid for record in result.published}
+    # the waiting next key was stored beside the compromised one and never signed: it goes too
+    assert driver.by_state(KeyState.NEXT) == [] and waiting in result.removed
+    assert {record.kid for record in result.published} == {fresh.kid}
     assert result.rotations == (KeyReason.EMERGENCY,)
     assert [(event.type, event.reason) for event in result.events] == [
         ("Warning", "KeyRevoked"),
+        ("Normal", "KeyRemoved"),
         ("Warning", "KeyActivated"),
     ]
     assert_idle(driver.plan(), driver.keys)

@@ -301,6 +301,8 @@ class _Step:
         self.rotations: list[KeyReason] = []
         self.held: list[str] = []
         self.superseded_rotate_request: str | None = None
+        self.retired_by_repair: set[int] = set()
+        """Keys found active beside a newer one (a crash mid-rotation or mid-revocation)."""
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -362,10 +364,15 @@ class _Step:
             f"Key {kid} (serial {target.serial}, was {target.state}) is revoked and leaves the "
             "JWKS now" + ("; a fresh key signs from now on" if was_signing else ""),
         )
+        # Whoever obtained the revoked key may have obtained the other stored keys too: a fresh
+        # key signs, and the waiting next key (it never signed, so no token needs it) goes.
+        waiting = self.next_key if was_signing or target.serial in self.retired_by_repair else None
+        if waiting is not None:
+            self.remove(waiting, why=f"stored beside revoked key {kid}; a fresh one is published at the next rotation")
         if was_signing:
-            # A fresh key rather than the waiting next key: whoever obtained the revoked key
-            # may have obtained the other stored keys too.
-            self.create_active_key(KeyReason.EMERGENCY, why=f"key {kid} was revoked")
+            # The emergency rotation also answers a rotate request the dropped key was for.
+            answered = waiting.rotate_request if waiting is not None else None
+            self.create_active_key(KeyReason.EMERGENCY, why=f"key {kid} was revoked", rotate_request=answered)
         return value
 
     def keep_one_active_key(self) -> None:
@@ -374,6 +381,7 @@ class _Step:
             newest = max(active, key=lambda record: (record.activated, record.serial))
             for record in active:
                 if record is not newest:
+                    self.retired_by_repair.add(record.serial)
                     self.retire(record, why=f"repair: key {newest.kid} is the most recently activated")
             return
         if active:
@@ -531,7 +539,7 @@ class _Step:
         if previous is not None:
             self.retire(previous, why=f"replaced by key {record.kid}")
 
-    def create_active_key(self, reason: KeyReason, why: str) -> None:
+    def create_active_key(self, reason: KeyReason, why: str, rotate_request: str | None = None) -> None:
         serial, material = self.make_material()
         record = KeyRecord(
             serial=serial,
@@ -542,6 +550,7 @@ class _Step:
             activated=self.now,
             reason=reason,
             emergency=True,
+            rotate_request=rotate_request,
         )
         self.put(record)
         bootstrap = reason is KeyReason.BOOTSTRAP
