@@ -149,6 +149,14 @@ class PolicyRunner:
         self.loops.clear()
 
 
+def _policy_copy(body: kopf.Body) -> dict[str, Any]:
+    """A plain copy of the policy without managedFields, which the operator never reads and
+    which are most of an object's size (a thousand policies are held in memory at once)."""
+    policy = copy.deepcopy(dict(body))
+    policy["metadata"] = {k: v for k, v in policy["metadata"].items() if k != "managedFields"}
+    return policy
+
+
 def build_registry(runner: PolicyRunner, settings: OperatorSettings) -> kopf.OperatorRegistry:
     """Handlers are registered on a registry of their own (no import-time global state)."""
     registry = kopf.OperatorRegistry()
@@ -180,7 +188,7 @@ def build_registry(runner: PolicyRunner, settings: OperatorSettings) -> kopf.Ope
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def policy_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
-        raw = copy.deepcopy(dict(body))
+        raw = _policy_copy(body)
         if event.get("type") == "DELETED":
             runner.policy_deleted(raw)
         else:
@@ -188,7 +196,9 @@ def build_registry(runner: PolicyRunner, settings: OperatorSettings) -> kopf.Ope
 
     for kind, plural in (("Secret", "secrets"), ("ConfigMap", "configmaps")):
         def owned_event(event: dict[str, Any], body: kopf.Body, _kind: str = kind, **_: Any) -> None:
-            runner.owned_object_changed(_kind, copy.deepcopy(dict(body)), event.get("type") == "DELETED")
+            # Only the metadata: the data of a key Secret has no business in this process's memory.
+            metadata = {key: body["metadata"].get(key) for key in ("name", "namespace", "labels", "resourceVersion")}
+            runner.owned_object_changed(_kind, {"metadata": copy.deepcopy(metadata)}, event.get("type") == "DELETED")
 
         kopf.on.event("", "v1", plural, labels={objects.POLICY_LABEL: kopf.PRESENT}, registry=registry, id=f"owned-{plural}")(owned_event)
 
