@@ -347,6 +347,10 @@ class _Step:
             )
             return value
         if target.state is KeyState.REVOKED:
+            # Seen again after a crash: finish what that revocation started.
+            signed_until_revoked = target.activated is not None and target.retired in (None, target.revoked)
+            if signed_until_revoked:
+                self.drop_next_key_stored_beside(target)
             return value
         was_signing = target.state is KeyState.ACTIVE
         self.put(
@@ -364,16 +368,22 @@ class _Step:
             f"Key {kid} (serial {target.serial}, was {target.state}) is revoked and leaves the "
             "JWKS now" + ("; a fresh key signs from now on" if was_signing else ""),
         )
-        # Whoever obtained the revoked key may have obtained the other stored keys too: a fresh
-        # key signs, and the waiting next key (it never signed, so no token needs it) goes.
-        waiting = self.next_key if was_signing or target.serial in self.retired_by_repair else None
-        if waiting is not None:
-            self.remove(waiting, why=f"stored beside revoked key {kid}; a fresh one is published at the next rotation")
+        signing_until_now = was_signing or target.serial in self.retired_by_repair
+        waiting = self.drop_next_key_stored_beside(self.records[target.serial]) if signing_until_now else None
         if was_signing:
             # The emergency rotation also answers a rotate request the dropped key was for.
             answered = waiting.rotate_request if waiting is not None else None
             self.create_active_key(KeyReason.EMERGENCY, why=f"key {kid} was revoked", rotate_request=answered)
         return value
+
+    def drop_next_key_stored_beside(self, revoked: KeyRecord) -> KeyRecord | None:
+        """Whoever obtained a revoked signing key may have obtained the next key stored beside it
+        too; that key never signed, so no token needs it: it goes, and a fresh key signs."""
+        waiting = self.next_key
+        if waiting is None or revoked.revoked is None or waiting.created >= revoked.revoked:
+            return None
+        self.remove(waiting, why=f"stored beside revoked key {revoked.kid}; a fresh one is published at the next rotation")
+        return waiting
 
     def keep_one_active_key(self) -> None:
         active = self.in_state(KeyState.ACTIVE)

@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from .durations import format_duration, parse_duration
-from .keys import ALGORITHMS, DEFAULT_RSA_KEY_SIZE, RSA_KEY_SIZES, is_rsa_algorithm
+from .keys import ALGORITHMS, DEFAULT_RSA_KEY_SIZE, RSA_KEY_SIZES
 
 __all__ = [
     "CLIENT_JWKS_CACHES",
