@@ -21,7 +21,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import yaml
 from kubernetes import client, config, watch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,6 +28,7 @@ sys.path.insert(0, str(REPO))
 from tests.integration.harness import OperatorProcess, Policies, wait_until  # noqa: E402
 
 from signing_key_operator.devcluster.cluster import DevCluster  # noqa: E402
+from signing_key_operator.devcluster.crd import install_crd  # noqa: E402
 
 GROUP, VERSION, PLURAL = "signingkeys.dev", "v1alpha1", "signingkeypolicies"
 
@@ -44,12 +44,7 @@ def environment(operator_args: list[str] = ()):
         cluster = DevCluster(Path(tmp) / "cluster")
         cluster.up()
         api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
-        extensions = client.ApiextensionsV1Api(api)
-        crd = yaml.safe_load((REPO / "crds" / "signingkeypolicies.yaml").read_text())
-        extensions.create_custom_resource_definition(crd)
-        wait_until(lambda: any(c.type == "Established" and c.status == "True" for c in
-                               extensions.read_custom_resource_definition(crd["metadata"]["name"]).status.conditions or []),
-                   30, "CRD Established")
+        install_crd(api)
         client.CoreV1Api(api).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="bench")))
         operator = OperatorProcess(cluster.kubeconfig, Path(tmp) / "operator.log", extra_args=list(operator_args)).start()
         try:

@@ -46,7 +46,6 @@ def _dev_cluster(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
-    from datetime import timedelta
 
     from .core.durations import parse_duration
     from .handlers import run_operator

@@ -18,9 +18,9 @@ import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
-import yaml
 
 from .devcluster.cluster import DevCluster
+from .devcluster.crd import CRD_FILE, install_crd
 
 DEMO_NAMESPACE = "demo"
 DEMO_POLICY = "demo-tokens"
@@ -34,7 +34,6 @@ DEMO_SPEC = {
     "jwks": {"maxAge": "5s"},
 }
 PROCESSES_FILE = "demo-processes.json"
-REPO_CRD = Path(__file__).resolve().parents[2] / "crds" / "signingkeypolicies.yaml"
 
 
 def _say(message: str) -> None:
@@ -122,21 +121,11 @@ def run_demo(directory: Path) -> int:
     cluster.up()
     stop_demo_processes(cluster)
     api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
-    extensions, core = client.ApiextensionsV1Api(api), client.CoreV1Api(api)
+    core = client.CoreV1Api(api)
     objects = client.CustomObjectsApi(api)
 
-    _say(f"installing the CRD from {REPO_CRD.relative_to(Path.cwd()) if REPO_CRD.is_relative_to(Path.cwd()) else REPO_CRD}")
-    crd = yaml.safe_load(REPO_CRD.read_text())
-    try:
-        extensions.create_custom_resource_definition(crd)
-    except ApiException as error:
-        if error.status != 409:
-            raise
-        crd["metadata"]["resourceVersion"] = extensions.read_custom_resource_definition(crd["metadata"]["name"]).metadata.resource_version
-        extensions.replace_custom_resource_definition(crd["metadata"]["name"], crd)
-    _wait(lambda: any(c.type == "Established" and c.status == "True"
-                      for c in extensions.read_custom_resource_definition(crd["metadata"]["name"]).status.conditions or []),
-          30, "the CRD to be Established")
+    _say(f"installing the CRD from {CRD_FILE}")
+    install_crd(api)
 
     metrics_port, sidecar_port = _port(18080), _port(18443)
     kubeconfig = str(cluster.kubeconfig)

@@ -73,11 +73,9 @@ class Reconciler:
 
     async def reconcile(self, policy: dict[str, Any]) -> Outcome:
         outcome = Outcome()
-        metadata = policy["metadata"]
-        namespace, name = metadata["namespace"], metadata["name"]
         try:
             spec = PolicySpec.from_resource(
-                name, policy.get("spec") or {}, secret_propagation=self.settings.secret_propagation
+                policy["metadata"]["name"], policy.get("spec") or {}, secret_propagation=self.settings.secret_propagation
             )
         except SpecError as error:
             await self._refuse_spec(policy, error, outcome)

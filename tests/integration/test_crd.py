@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+
+from signing_key_operator.devcluster.crd import install_crd
 
 CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "signingkeypolicies.yaml"
 CRD_NAME = "signingkeypolicies.signingkeys.dev"
@@ -32,70 +32,9 @@ DEFAULTS = {
 }
 
 
-def _wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
-
-
-def install_crd(api_client) -> dict:
-    """Create or replace the CRD from the repository file and wait until it is served.
-
-    Idempotent: another module (or an earlier run against the same cluster) may have installed
-    it already; this replaces it with the file's content, so the tests check this file.
-    """
-    extensions = client.ApiextensionsV1Api(api_client)
-    body = yaml.safe_load(CRD_FILE.read_text(encoding="utf-8"))
-    try:
-        extensions.create_custom_resource_definition(body)
-    except ApiException as error:
-        if error.status != 409:
-            raise
-        for _ in range(5):  # replace needs the current resourceVersion; retry a lost race
-            current = extensions.read_custom_resource_definition(CRD_NAME)
-            body["metadata"]["resourceVersion"] = current.metadata.resource_version
-            try:
-                extensions.replace_custom_resource_definition(CRD_NAME, body)
-                break
-            except ApiException as conflict:
-                if conflict.status != 409:
-                    raise
-        else:
-            raise AssertionError(f"could not replace {CRD_NAME}: kept conflicting")
-
-    def established():
-        crd = extensions.read_custom_resource_definition(CRD_NAME)
-        conditions = {c.type: c.status for c in crd.status.conditions or []}
-        return conditions.get("Established") == "True" and conditions.get("NamesAccepted") == "True"
-
-    _wait_until(established, 30, f"{CRD_NAME} to be Established")
-
-    # Established can come a moment before the endpoint serves requests: probe it.
-    objects = client.CustomObjectsApi(api_client)
-
-    def served():
-        try:
-            objects.create_namespaced_custom_object(
-                GROUP, VERSION, "default", PLURAL, _policy("probe", {}), dry_run="All"
-            )
-        except ApiException as error:
-            if error.status in (404, 503):
-                return False
-            raise
-        return True
-
-    _wait_until(served, 30, f"{PLURAL}.{GROUP} to be served")
-    return body
-
-
 @pytest.fixture(scope="module")
 def crd(api_client):
-    return install_crd(api_client)
+    return install_crd(api_client, CRD_FILE)
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ from datetime import datetime, timedelta
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from kubernetes import client
-from kubernetes.client.rest import ApiException
 
 from .harness import FAST_SPEC, Policies, wait_until
 
