@@ -31,7 +31,10 @@ Endpoints
 ``/metrics``
     Prometheus text format from a per-app registry (see metrics.py).
 
-The app writes nothing to disk and logs through :mod:`logging` only.
+The app writes nothing to disk and logs through :mod:`logging` only. ``serve`` puts the JWKS
+fast path (fastpath.py) in front of it: plain GET/HEAD of the JWKS paths are answered there with
+this app's headers (``_Handlers.jwks_headers``), byte for byte as the app would; every other
+request, and every connection after one, is served by this app.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ STATE = web.AppKey("state", JwksState)
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", SidecarMetrics)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+HANDLERS = web.AppKey("handlers", "_Handlers")
 
 _ETAG_RE = re.compile(r'[\s,]*(?:W/)?"([^"]*)"\s*(?:,|$)')
 
@@ -93,7 +97,7 @@ def make_app(
     app[METRICS] = metrics
     app[LIFECYCLE] = Lifecycle()
 
-    handlers = _Handlers(state, settings, app[LIFECYCLE])
+    handlers = app[HANDLERS] = _Handlers(state, settings, app[LIFECYCLE])
     for path in JWKS_PATHS:
         app.router.add_get(path, handlers.jwks)
     if settings.issuer:
@@ -140,10 +144,7 @@ def _source_runner(
 
 
 def _metrics_middleware(metrics: SidecarMetrics) -> Callable[..., Awaitable[web.StreamResponse]]:
-    # Label children cached per (path, method, status): ``labels()`` takes a lock and builds
-    # the label tuple on every call, a measurable share of a JWKS request. Every label has a
-    # bounded set of values, so the cache is bounded too.
-    counters: dict[tuple[str, str, int], Any] = {}
+    counter = metrics.request_counter
 
     @web.middleware
     async def middleware(
@@ -161,11 +162,7 @@ def _metrics_middleware(metrics: SidecarMetrics) -> Callable[..., Awaitable[web.
             status = exc.status
             raise
         finally:
-            key = (path, method, status)
-            counter = counters.get(key)
-            if counter is None:
-                counter = counters[key] = metrics.requests.labels(path=path, method=method, status=str(status))
-            counter.inc()
+            counter(path, method, status).inc()
 
     return middleware
 
@@ -214,22 +211,29 @@ class _Handlers:
             }
         )
 
-    async def jwks(self, request: web.Request) -> web.Response:
-        # The hot path: headers are built once per snapshot (a new set or a new max-age makes a
-        # new Snapshot object), so a request costs a dict copy and, with If-None-Match, a compare.
-        snap = self.state.current
-        if snap is None:
-            return self._not_loaded()
+    def jwks_headers(self, snap: Snapshot) -> tuple[CIMultiDict[str], CIMultiDict[str]]:
+        """Headers of the JWKS answers for ``snap``: (304, 200). Built once per snapshot (a new
+        set or a new max-age makes a new Snapshot object); shared with the fast path
+        (fastpath.py), which serializes exactly these. Callers must not modify them."""
         cached = self._jwks_headers
         if cached is None or cached[0] is not snap:
             not_modified = self._headers(snap, snap.etag)
             full = not_modified.copy()
             full["Content-Type"] = JWKS_CONTENT_TYPE
             cached = self._jwks_headers = (snap, not_modified, full)
+        return cached[1], cached[2]
+
+    async def jwks(self, request: web.Request) -> web.Response:
+        # The hot path when served by aiohttp; most JWKS requests never get here but are
+        # answered by the fast path (fastpath.py) with the same headers and status.
+        snap = self.state.current
+        if snap is None:
+            return self._not_loaded()
+        not_modified, full = self.jwks_headers(snap)
         if_none_match = request.headers.get("If-None-Match")
         if if_none_match is not None and etag_matches(if_none_match, snap.etag):
-            return web.Response(status=304, headers=cached[1])
-        return web.Response(body=snap.body, headers=cached[2])
+            return web.Response(status=304, headers=not_modified)
+        return web.Response(body=snap.body, headers=full)
 
     async def discovery(self, request: web.Request) -> web.Response:
         snap = self.state.current

@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from .app import LIFECYCLE, make_app
+from .fastpath import FastJwksSite
 from .settings import DEFAULT_MAX_AGE, Settings
 from .sources import ConfigMapWatchSource, FileSource, Source, load_api_client
 
@@ -153,10 +154,18 @@ async def serve(source: Source, settings: Settings, *, stop: asyncio.Event | Non
             loop.add_signal_handler(sig, stop.set)
             installed.append(sig)
     app = make_app(source, settings)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout, access_log=None)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        shutdown_timeout=settings.shutdown_timeout,
+        access_log=None,
+        keepalive_timeout=settings.keepalive_timeout,
+    )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
+        # JWKS GET/HEAD answered by the fast path, everything else by the app (fastpath.py).
+        # runner.cleanup() stops the site, which closes the fast-path connections too.
+        site = FastJwksSite(runner, settings.host, settings.port, keepalive_timeout=settings.keepalive_timeout)
         await site.start()
         log.info("serving JWKS on http://%s:%d from %s", settings.host, settings.port, source.description)
         await stop.wait()

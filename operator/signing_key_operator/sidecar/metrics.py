@@ -10,6 +10,7 @@ RFC 7638 thumbprint of a key currently served (never key material, design invari
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -67,6 +68,18 @@ class SidecarMetrics:
             registry=r,
         )
         self._kids: set[str] = set()
+        self._request_children: dict[tuple[str, str, int], Any] = {}
+
+    def request_counter(self, path: str, method: str, status: int) -> Any:
+        """The ``http_requests`` child for these labels, cached: ``labels()`` takes a lock and
+        builds the label tuple on every call, a measurable share of a JWKS request. Every label
+        has a bounded set of values, so the cache is bounded too. Used by the app's middleware
+        and by the JWKS fast path (fastpath.py), so both count in the same series."""
+        key = (path, method, status)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(path=path, method=method, status=str(status))
+        return child
 
     def set_kids(self, kids: Iterable[str]) -> None:
         new = set(kids)

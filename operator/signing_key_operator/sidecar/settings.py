@@ -68,6 +68,10 @@ class Settings:
     shutdown_timeout: float = 5.0
     """How long in-flight requests may take to finish once the listener is closed."""
 
+    keepalive_timeout: float = 75.0
+    """Idle keep-alive connections (no complete request for this long, also while a request
+    trickles in on the fast path) are closed, on the fast path and in aiohttp alike."""
+
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0..65535, got {self.port}")
@@ -82,6 +86,8 @@ class Settings:
                 raise ValueError(f"{name} must be > 0")
         if self.watch_timeout_seconds < 1:
             raise ValueError("watch_timeout_seconds must be >= 1")
+        if self.keepalive_timeout <= 0:
+            raise ValueError("keepalive_timeout must be > 0")
         if self.shutdown_delay < 0 or self.shutdown_timeout < 0:
             raise ValueError("shutdown delay and timeout must be >= 0")
         if self.issuer is not None:
