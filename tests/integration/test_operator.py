@@ -146,7 +146,7 @@ def test_edited_or_deleted_configmap_and_signing_secret_are_restored_from_the_ke
     wait_until(lambda: policies.jwks_kids("drift-jwks") == [kid], 15, "the ConfigMap to be recreated")
     policies.core.delete_namespaced_secret("drift-signing", policies.namespace)
     wait_until(lambda: _signing_kid(policies, "drift") == kid, 15, "the signing Secret to be recreated")
-    assert "JwksRestored" in policies.event_reasons("drift")
+    wait_until(lambda: "JwksRestored" in policies.event_reasons("drift"), 15, "the JwksRestored event")
 
 
 def test_tampered_key_secret_is_reported_and_left_in_place(policies):
@@ -157,7 +157,8 @@ def test_tampered_key_secret_is_reported_and_left_in_place(policies):
 
     wait_until(lambda: policies.condition("tampered", "Degraded") == "True", 10, "Degraded=True")
     assert policies.condition("tampered") == "False"
-    event = next(e for e in policies.events("tampered") if e.reason == "KeySecretInvalid")
+    event = wait_until(lambda: next((e for e in policies.events("tampered") if e.reason == "KeySecretInvalid"), None),
+                       15, "the KeySecretInvalid event")
     assert event.type == "Warning" and secret.metadata.name in event.message
     time.sleep(2)
     left = policies.core.read_namespaced_secret(secret.metadata.name, policies.namespace)
