@@ -106,7 +106,7 @@ def _build(target: _Target, label: str) -> None:
     staging = target.out_dir.with_name(target.out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    _say(f"building {label} from the Go module proxy (once per version; a cold build takes 10-20 min on 2 cores)")
+    _say(f"building {label} from the Go module proxy (once per version; about 5 min cold on 2 cores)")
     started = time.monotonic()
     for name, package in target.packages.items():
         _go_build(target, package, staging / name, f"{label}: {name}", started)
