@@ -36,8 +36,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "operator"))
+sys.path.insert(0, str(REPO))
 
 from signing_key_operator.core.jwks import render_jwk_set  # noqa: E402
+from tests.kubelet_volume import kubelet_update  # noqa: E402
 from signing_key_operator.core.keys import generate_key  # noqa: E402
 
 JWKS_PATH = "/.well-known/jwks.json"
@@ -434,28 +436,6 @@ class Poller:
         self.conn.close()
 
 
-_stamp = iter(range(10**9))
-
-
-def kubelet_swap(volume: Path, files: dict[str, bytes]) -> None:
-    """Update a ConfigMap volume the way the kubelet's AtomicWriter does: a new timestamped
-    directory, a ``..data_tmp`` symlink renamed over ``..data``, the user-visible names being
-    symlinks into ``..data``, the old directory removed."""
-    stamp = time.strftime("..%Y_%m_%d_%H_%M_%S.", time.gmtime()) + f"{next(_stamp):09d}"
-    (volume / stamp).mkdir()
-    for name, content in files.items():
-        (volume / stamp / name).write_bytes(content)
-    data = volume / "..data"
-    old = os.readlink(data) if data.is_symlink() else None
-    os.symlink(stamp, volume / "..data_tmp")
-    os.rename(volume / "..data_tmp", data)
-    for name in files:
-        if not (volume / name).is_symlink():
-            os.symlink(f"..data/{name}", volume / name)
-    if old:
-        shutil.rmtree(volume / old, ignore_errors=True)
-
-
 def summary(label: str, values: list[float]) -> str:
     ms = [v * 1000 for v in values]
     return (f"{label}: n={len(ms)}  p50 {pct(ms, 50):7.1f} ms  p99 {pct(ms, 99):7.1f} ms  "
@@ -514,7 +494,7 @@ def cmd_propagation(args: argparse.Namespace) -> None:
             # --- file mode: simulate the kubelet as soon as the API update returns
             volume = workdir / "volume"
             volume.mkdir()
-            kubelet_swap(volume, {"jwks.json": bodies[-1], "max-age": b"60"})
+            kubelet_update(volume, {"jwks.json": bodies[-1], "max-age": b"60"})
             filed = start_ours(workdir, ["--jwks-file", str(volume)], cpu=None)
             with running(filed):
                 poller = Poller(filed.port)
@@ -524,7 +504,7 @@ def cmd_propagation(args: argparse.Namespace) -> None:
                 for body in bodies[:-1]:
                     t0 = time.monotonic()
                     update(body)
-                    kubelet_swap(volume, {"jwks.json": body, "max-age": b"60"})
+                    kubelet_update(volume, {"jwks.json": body, "max-age": b"60"})
                     t_file = time.monotonic()
                     seen = poller.wait_for(etag_of(body), args.timeout)
                     if seen is None:

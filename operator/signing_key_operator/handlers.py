@@ -167,6 +167,8 @@ def build_registry(runner: PolicyRunner, settings: OperatorSettings) -> kopf.Ope
         settings.posting.loggers = False  # only the Events we post on purpose
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
+        # Event handlers store nothing today; should kopf ever keep progress, it goes to
+        # annotations, never to status.kopf, which the CRD's status schema would prune.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="signingkeys.dev")
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="signingkeys.dev")
         settings.networking.error_backoffs = [1, 2, 5, 10, 30]

@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import itertools
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from signing_key_operator.core.jwks import render_jwk_set
 from signing_key_operator.sidecar.app import STATE, make_app
 from signing_key_operator.sidecar.settings import Settings
 from signing_key_operator.sidecar.sources import FileSource
+from tests.kubelet_volume import kubelet_update
 
 JWKS = "/.well-known/jwks.json"
 FAST = Settings(poll_interval=0.01, resync_interval=60.0)
@@ -36,32 +35,6 @@ def jwk(kind: str, n: int = 0) -> dict:
 
 def body_of(*keys: dict) -> bytes:
     return render_jwk_set(list(keys))
-
-
-_seq = itertools.count()
-
-
-def kubelet_update(volume: Path, files: dict[str, bytes]) -> None:
-    """Update a ConfigMap volume exactly like the kubelet's AtomicWriter: new timestamped dir,
-    ``..data_tmp`` symlink renamed over ``..data``, user-visible symlinks into ``..data``,
-    old timestamped dir removed."""
-    volume.mkdir(exist_ok=True)
-    stamp = time.strftime("..%Y_%m_%d_%H_%M_%S.", time.gmtime()) + f"{next(_seq):09d}"
-    (volume / stamp).mkdir()
-    for name, content in files.items():
-        (volume / stamp / name).write_bytes(content)
-    data = volume / "..data"
-    old = os.readlink(data) if data.is_symlink() else None
-    os.symlink(stamp, volume / "..data_tmp")
-    os.rename(volume / "..data_tmp", data)
-    for name in files:
-        if not (volume / name).is_symlink():
-            os.symlink(f"..data/{name}", volume / name)
-    for entry in volume.iterdir():
-        if entry.is_symlink() and not entry.name.startswith("..") and entry.name not in files:
-            entry.unlink()
-    if old:
-        shutil.rmtree(volume / old)
 
 
 async def eventually(predicate, timeout: float = 3.0) -> None:

@@ -9,6 +9,7 @@ thumbprint need not.
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -125,8 +126,6 @@ def with_record(secret: dict[str, Any], record: KeyRecord) -> dict[str, Any]:
 
 
 def _decoded(secret: dict[str, Any], key: str) -> bytes:
-    import base64
-
     data = secret.get("data") or {}
     if key not in data:
         raise BrokenKeySecret(f"data.{key} is missing")
