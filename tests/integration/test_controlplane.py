@@ -212,3 +212,31 @@ def _alive(pid: int) -> bool:
             return stat.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_up_retries_with_fresh_ports_when_etcd_cannot_start(tmp_path, monkeypatch, capsys):
+    import socket
+
+    from signing_key_operator.devcluster import cluster as cluster_module
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    busy = taken.getsockname()[1]
+    real = cluster_module._distinct_free_ports
+    tries = []
+
+    def ports(count):
+        tries.append(count)
+        return [busy, *real(count - 1)] if len(tries) == 1 else real(count)
+
+    monkeypatch.setattr(cluster_module, "_distinct_free_ports", ports)
+    cluster = cluster_module.DevCluster(tmp_path / "retry")
+    try:
+        state = cluster.up()
+        assert len(tries) == 2 and state.etcd_port != busy
+        assert "start-up failed (etcd exited during start-up" in capsys.readouterr().err
+        assert cluster.ready()
+    finally:
+        cluster.down()
+        taken.close()

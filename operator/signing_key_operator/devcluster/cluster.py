@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -33,12 +34,25 @@ CONTROLLER_MANAGER_USER = "system:kube-controller-manager"
 # service accounts. system:masters keeps the harness small without changing what GC does.
 CONTROLLER_MANAGER_GROUPS = ("system:masters",)
 CONTROLLERS = "garbagecollector,namespace,serviceaccount"
+START_ATTEMPTS = 3
+ETCD_TIMEOUT = 30.0
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+class StartupError(RuntimeError):
+    """A control-plane process died or never became healthy; `up` retries with fresh ports."""
+
+
+def _distinct_free_ports(count: int) -> list[int]:
+    """Free loopback ports, all different: sockets stay bound until every port is chosen, so
+    the kernel cannot hand the same port out twice."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def _say(message: str) -> None:
@@ -114,13 +128,22 @@ class DevCluster:
         binaries = ensure_binaries()
         self.pki.ensure()
         self.logs.mkdir(parents=True, exist_ok=True)
-        etcd_port, peer_port, apiserver_port = _free_port(), _free_port(), _free_port()
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                return self._start(binaries, timeout)
+            except StartupError as error:
+                if attempt == START_ATTEMPTS:
+                    raise
+                _say(f"start-up failed ({error}); retrying with fresh ports and data ({attempt}/{START_ATTEMPTS})")
+        raise AssertionError("unreachable")
+
+    def _start(self, binaries: Binaries, timeout: float) -> ClusterState:
+        shutil.rmtree(self.dir / "etcd", ignore_errors=True)  # throwaway data; a failed try leaves none behind
+        etcd_port, peer_port, apiserver_port = _distinct_free_ports(3)
         started = time.time()
-        etcd_pid = self._start_etcd(binaries, etcd_port, peer_port)
-        apiserver_pid = self._start_apiserver(binaries, etcd_port, apiserver_port)
         state = ClusterState(
-            etcd_pid=etcd_pid,
-            apiserver_pid=apiserver_pid,
+            etcd_pid=self._start_etcd(binaries, etcd_port, peer_port),
+            apiserver_pid=0,
             controller_manager_pid=0,
             etcd_port=etcd_port,
             apiserver_port=apiserver_port,
@@ -131,6 +154,11 @@ class DevCluster:
         )
         self._save(state)
         try:
+            # etcd first, on its own: an API server without etcd only fails 20 s later, and
+            # says less about why than etcd's own log does.
+            self._wait_until_healthy(state, f"http://127.0.0.1:{etcd_port}/health", "etcd", ETCD_TIMEOUT)
+            state.apiserver_pid = self._start_apiserver(binaries, etcd_port, apiserver_port)
+            self._save(state)
             self._wait_ready(state, timeout)
             self._write_kubeconfig(self.kubeconfig, state.server, ADMIN_USER, ("system:masters",), "admin")
             state.controller_manager_pid = self._start_controller_manager(binaries, state)
@@ -140,6 +168,20 @@ class DevCluster:
             raise
         _say(f"kube-apiserver {state.kubernetes_version} ready at {state.server} in {time.time() - started:.1f}s")
         return state
+
+    def _wait_until_healthy(self, state: ClusterState, url: str, name: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as reply:
+                    if reply.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if not self.running().get(name):
+                raise StartupError(f"{name} exited during start-up:\n{self._log_tail(name)}")
+            time.sleep(0.1)
+        raise StartupError(f"{name} not healthy after {timeout:.0f}s:\n{self._log_tail(name)}")
 
     def down(self) -> list[str]:
         """Stop every process this directory started; return the names of those that ran."""
@@ -156,7 +198,8 @@ class DevCluster:
                     time.sleep(0.1)
                 if _process_is(pid, binary):
                     os.kill(pid, signal.SIGKILL)
-            self._reap(pid)
+            if pid:
+                self._reap(pid)
         (self.dir / STATE_FILE).unlink(missing_ok=True)
         return stopped
 
@@ -191,7 +234,7 @@ class DevCluster:
             f"--initial-advertise-peer-urls={peer}",
             f"--initial-cluster=dev={peer}",
             "--unsafe-no-fsync",  # throwaway data: durability buys nothing and costs test time
-            "--log-level=warn",
+            "--log-level=info",  # to its log file only; start-up failures need the detail
         ])
 
     def _start_apiserver(self, binaries: Binaries, etcd_port: int, port: int) -> int:
@@ -255,9 +298,9 @@ class DevCluster:
             dead = [name for name, alive in running.items() if not alive and name != "kube-controller-manager"]
             if dead:
                 tails = "\n".join(f"--- {name}:\n{self._log_tail(name)}" for name in dead)
-                raise RuntimeError(f"{', '.join(dead)} exited during start-up:\n{tails}")
+                raise StartupError(f"{', '.join(dead)} exited during start-up:\n{tails}")
             time.sleep(0.25)
-        raise TimeoutError(f"kube-apiserver not ready after {timeout:.0f}s:\n{self._log_tail('kube-apiserver')}")
+        raise StartupError(f"kube-apiserver not ready after {timeout:.0f}s:\n{self._log_tail('kube-apiserver')}")
 
     def _log_tail(self, name: str, lines: int = 25) -> str:
         path = self.logs / f"{name}.log"
