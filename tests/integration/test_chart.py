@@ -670,8 +670,10 @@ class TestNamespacedRelease:
             kubectl(kubeconfig, "annotate", "-n", scoped["watched"], "skp/scoped", "signingkeys.dev/rotate=now-1", "--overwrite")
             # published now, signing after 4 s, the old key removed 5 + 1 + 2 s later
             wait_until(lambda: first not in policies.jwks_kids("scoped-jwks"), 25, "the old key to be removed")
-            status = policies.get("scoped")["status"]
-            assert status["activeKid"] != first and [k["state"] for k in status["keys"]] == ["active"]
+            # The status is the reconcile's last write, a moment after the ConfigMap.
+            status = wait_until(lambda: (lambda st: st if [k["state"] for k in st["keys"]] == ["active"] else None)(
+                policies.get("scoped")["status"]), 15, "the status to show only the new key")
+            assert status["activeKid"] != first
             assert process.process.poll() is None
         finally:
             process.stop()
