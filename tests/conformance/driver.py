@@ -14,7 +14,6 @@ import itertools
 import json
 import queue
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -29,7 +28,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
-from tests.integration.harness import free_port, wait_until
+from tests.integration.harness import free_port, terminate, wait_until
 
 from .clients import Client, VerifierProcess
 
@@ -71,13 +70,7 @@ class Sidecar:
             return [key["kid"] for key in json.loads(reply.read())["keys"]]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, grace=10)
 
 
 # -- the signer's view of the signing Secret ------------------------------------------------------

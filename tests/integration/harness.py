@@ -50,6 +50,17 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+def terminate(process: subprocess.Popen, grace: float) -> None:
+    """SIGTERM, as Kubernetes stops a pod; SIGKILL if it has not exited after `grace` seconds."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @dataclass
 class OperatorProcess:
     """`signing-key-operator run` in a process of its own, logging to a file."""
@@ -75,13 +86,8 @@ class OperatorProcess:
         return self
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process:
+            terminate(self.process, grace=15)
 
     def kill(self) -> None:
         if self.process and self.process.poll() is None:

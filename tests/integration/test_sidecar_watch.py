@@ -17,7 +17,6 @@ import http.client
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ from kubernetes.config import new_client_from_config
 from signing_key_operator.core.jwks import render_jwk_set
 from signing_key_operator.core.keys import generate_key
 
-from .harness import free_port, wait_until
+from .harness import free_port, terminate, wait_until
 
 JWKS = "/.well-known/jwks.json"
 MAX_AGE_ANNOTATION = "signingkeys.dev/jwks-max-age"
@@ -108,13 +107,7 @@ class Sidecar:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        terminate(self.process, grace=10)
 
 
 @pytest.fixture
