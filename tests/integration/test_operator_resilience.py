@@ -141,11 +141,24 @@ def test_two_operator_processes_rotate_exactly_once_per_due_time(solo, kubeconfi
         solo.wait_ready("shared")
         # Bootstrap and three timer rotations, 12 s apart (with slack for a loaded machine).
         wait_until(lambda: solo.event_reasons("shared").count("KeyActivated") >= 4, 75, "three timer rotations", interval=1)
+        # Freeze the timeline before counting: a rotation between reading the metrics and the
+        # Events (which kopf posts asynchronously) would make the two disagree.
+        solo.objects.patch_namespaced_custom_object(
+            "signingkeys.dev", "v1alpha1", solo.namespace, "signingkeypolicies", "shared", {"spec": {"suspend": True}})
+        wait_until(lambda: solo.get("shared")["status"]["observedGeneration"] == 2, 15, "the suspension to be seen")
         time.sleep(1)
+        metrics = [op.metrics() for op in operators]
+        timer_rotations = sum(
+            float(match) for text in metrics
+            for match in re.findall(r'signing_key_operator_rotations_total\{reason="timer"\} (\S+)', text)
+        )
+        # Every activation but the bootstrap is counted once across both processes: the Events
+        # (one per activation, whichever process made it) catch up with the counters.
+        wait_until(lambda: solo.event_reasons("shared").count("KeyActivated") == timer_rotations + 1, 15,
+                   f"{timer_rotations + 1:.0f} KeyActivated events, as the counters say", interval=0.5)
         events = solo.events("shared")
         published = [e for e in events if e.reason == "KeyPublished"]
         activated = [e for e in events if e.reason == "KeyActivated"]
-        metrics = [op.metrics() for op in operators]
     finally:
         for op in operators:
             op.stop()
@@ -156,10 +169,6 @@ def test_two_operator_processes_rotate_exactly_once_per_due_time(solo, kubeconfi
     assert all(e.count in (None, 1) for e in published + activated)
     assert len(set(published_kids)) == len(published_kids), "a key was published twice"
     assert len(set(activated_kids)) == len(activated_kids), "a key was activated twice"
-    timer_rotations = sum(
-        float(match) for text in metrics
-        for match in re.findall(r'signing_key_operator_rotations_total\{reason="timer"\} (\S+)', text)
-    )
     assert timer_rotations == len(activated_kids) - 1  # every activation but the bootstrap, counted once
     # One rotation per due time: activations are an interval apart, never two at once.
     times = sorted(e.first_timestamp or e.event_time for e in activated)
