@@ -43,7 +43,9 @@ KUBERNETES_VERSION = "1.34.0"
 # Custom resources kubernetes-validate has no schema for: skipped, nothing else may be.
 UNKNOWN_TO_KUBERNETES_VALIDATE = {"ServiceMonitor", "KopfPeering", "ClusterKopfPeering"}
 # A refusal by RBAC (or by an authenticator that did not see the credentials) in an operator log.
-REFUSAL = re.compile(r"\b403\b|forbidden|not enough permissions|system:anonymous|\b401\b|unauthorized", re.IGNORECASE)
+# Words, not status numbers: the API server names every 401 and 403 (`Unauthorized`, `... is forbidden`),
+# while a bare `401` also matches a log line's milliseconds or a resourceVersion.
+REFUSAL = re.compile(r"forbidden|unauthorized|not enough permissions|system:anonymous", re.IGNORECASE)
 
 CUSTOM_VALUES = {
     "replicaCount": 2,
