@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 from tests.integration.harness import OperatorProcess, Policies, wait_until  # noqa: E402
 
 from signing_key_operator.devcluster.cluster import DevCluster  # noqa: E402
-from signing_key_operator.devcluster.crd import install_crd  # noqa: E402
+from signing_key_operator.devcluster.crd import install_crds  # noqa: E402
 
 GROUP, VERSION, PLURAL = "signingkeys.dev", "v1alpha1", "signingkeypolicies"
 
@@ -44,7 +44,7 @@ def environment(operator_args: list[str] = ()):
         cluster = DevCluster(Path(tmp) / "cluster")
         cluster.up()
         api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
-        install_crd(api)
+        install_crds(api)
         client.CoreV1Api(api).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="bench")))
         operator = OperatorProcess(cluster.kubeconfig, Path(tmp) / "operator.log", extra_args=list(operator_args)).start()
         try:

@@ -1,4 +1,4 @@
-"""The `signing-key-operator` command: run | serve | dev-cluster up|down|status | demo."""
+"""The `signing-key-operator` command: run | serve | revoke-token | dev-cluster up|down|status|build | demo."""
 
 from __future__ import annotations
 
@@ -63,6 +63,7 @@ def _run(args: argparse.Namespace) -> int:
         metrics_host=args.metrics_host,
         health_port=args.health_port or None,
         peering=args.peering,
+        redis_resync=parse_duration(args.redis_resync) if args.redis_resync else defaults.redis_resync,
     )
     asyncio.run(run_operator(settings))
     return 0
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--health-port", type=int, default=8081, help="liveness /healthz port, 0 to disable")
     run.add_argument("--peering", help="kopf peering name for several replicas (default: standalone)")
     run.add_argument("--secret-propagation", help="how long a mounted Secret takes to reach signers (default 90s)")
+    run.add_argument("--redis-resync", help="how often Redis-backed policies check Redis still holds their entries (default 15s)")
     run.add_argument("--verbose", action="store_true")
     run.set_defaults(handler=_run)
 
@@ -88,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the JWKS from the ConfigMap (the sidecar)")
     sidecar_cli.add_arguments(serve)
     serve.set_defaults(handler=sidecar_cli.run)
+
+    from . import revoke_cli
+
+    revoke = commands.add_parser("revoke-token", help="verify a token against a policy's keys and create its TokenRevocation")
+    revoke_cli.add_arguments(revoke)
+    revoke.set_defaults(handler=revoke_cli.run)
 
     demo = commands.add_parser("demo", help="control plane, operator, sidecar, a policy and one rotation, narrated")
     demo.add_argument("--dir", default=".devcluster", help="the dev cluster's folder (default: .devcluster)")

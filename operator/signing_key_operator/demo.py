@@ -20,7 +20,7 @@ from pathlib import Path
 
 
 from .devcluster.cluster import DevCluster
-from .devcluster.crd import CRD_FILE, install_crd
+from .devcluster.crd import CRD_DIR, install_crds
 
 DEMO_NAMESPACE = "demo"
 DEMO_POLICY = "demo-tokens"
@@ -124,8 +124,8 @@ def run_demo(directory: Path) -> int:
     core = client.CoreV1Api(api)
     objects = client.CustomObjectsApi(api)
 
-    _say(f"installing the CRD from {CRD_FILE}")
-    install_crd(api)
+    _say(f"installing the CRDs from {CRD_DIR}")
+    install_crds(api)
 
     metrics_port, sidecar_port = _port(18080), _port(18443)
     kubeconfig = str(cluster.kubeconfig)

@@ -22,14 +22,16 @@ from typing import Any
 import kopf
 
 from .k8s import objects
-from .k8s.api import KubeApi, load_configuration
+from .k8s.api import POLICIES, REVOCATIONS, ApiError, KubeApi, load_configuration
 from .metrics import OperatorMetrics
 from .reconciler import Outcome, Reconciler
+from .revocation_publisher import reference
 from .settings import OperatorSettings
 
 logger = logging.getLogger(__name__)
 
 GROUP, VERSION, PLURAL = "signingkeys.dev", "v1alpha1", "signingkeypolicies"
+REVOCATION_PLURAL = "tokenrevocations"
 
 
 def utc_now() -> datetime:
@@ -103,6 +105,8 @@ class PolicyRunner:
         self.clock = clock
         self.reconciler = Reconciler(api, settings, metrics, clock)
         self.loops: dict[tuple[str, str], PolicyLoop] = {}
+        self.orphans: dict[tuple[str, str], str | None] = {}
+        """TokenRevocations already marked PolicyNotFound, by (uid, _) -> resourceVersion."""
 
     def policy_changed(self, body: dict[str, Any]) -> None:
         key = body["metadata"]["namespace"], body["metadata"]["name"]
@@ -126,6 +130,46 @@ class PolicyRunner:
         self.reconciler.forget(body["metadata"]["uid"])
         self.metrics.forget_policy(*key)
 
+    async def revocation_changed(self, body: dict[str, Any], deleted: bool) -> None:
+        """A TokenRevocation changed: its policy's loop compiles the revocations again. One
+        that names no existing policy is marked so (once per version), since no loop will."""
+        metadata = body["metadata"]
+        policy_name = (body.get("spec") or {}).get("policyName")
+        loop = self.loops.get((metadata["namespace"], policy_name))
+        if loop is not None:
+            if deleted or not loop.is_own_write("TokenRevocation", body):
+                loop.wake.set()
+            return
+        if deleted or not isinstance(policy_name, str):
+            return
+        key = (metadata["uid"], "policy-not-found")
+        if self.orphans.get(key) == metadata.get("resourceVersion"):
+            return
+        try:
+            if await self.api.get(POLICIES, metadata["namespace"], policy_name) is not None:
+                return  # its loop is being started; it will report
+            message = f"SigningKeyPolicy {policy_name} does not exist in namespace {metadata['namespace']}; nothing is revoked"
+            condition = {
+                "type": "InForce", "status": "False", "reason": "PolicyNotFound", "message": message,
+                "lastTransitionTime": objects.format_time(self.clock().replace(microsecond=0)),
+                "observedGeneration": metadata.get("generation"),
+            }
+            status = body.get("status") or {}
+            current = next((c for c in status.get("conditions") or [] if c.get("type") == "InForce"), {})
+            if current.get("reason") == "PolicyNotFound" and status.get("inForce") is False:
+                self.orphans[key] = metadata.get("resourceVersion")
+                return
+            written = await self.api.merge_patch(
+                REVOCATIONS, metadata["namespace"], metadata["name"],
+                {"status": {"inForce": False, "until": None, "conditions": [condition]}}, subresource="status",
+            )
+            self.orphans[key] = written["metadata"]["resourceVersion"]
+            self.metrics.refused_inputs.labels("token-revocation").inc()
+            kopf.event(reference(body), type="Warning", reason="PolicyNotFound", message=message)
+            logger.warning("%s/%s PolicyNotFound: %s", metadata["namespace"], metadata["name"], message)
+        except ApiError as error:
+            logger.warning("could not mark TokenRevocation %s/%s: %s", metadata["namespace"], metadata["name"], error)
+
     def owned_object_changed(self, kind: str, body: dict[str, Any], deleted: bool) -> None:
         metadata = body["metadata"]
         policy = (metadata.get("labels") or {}).get(objects.POLICY_LABEL)
@@ -141,12 +185,17 @@ class PolicyRunner:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
             log = logger.warning if event.type == "Warning" else logger.info
             log("%s/%s %s: %s", body["metadata"]["namespace"], body["metadata"]["name"], event.reason, event.message)
+        for target, event in outcome.object_events:
+            kopf.event(target, type=event.type, reason=event.reason, message=event.message)
+            log = logger.warning if event.type == "Warning" else logger.info
+            log("TokenRevocation %s/%s %s: %s", target["metadata"]["namespace"], target["metadata"]["name"], event.reason, event.message)
 
     async def stop(self) -> None:
         for loop in self.loops.values():
             loop.task.cancel()
         await asyncio.gather(*(loop.task for loop in self.loops.values()), return_exceptions=True)
         self.loops.clear()
+        await self.reconciler.close()
 
 
 def _policy_copy(body: kopf.Body) -> dict[str, Any]:
@@ -195,6 +244,12 @@ def build_registry(runner: PolicyRunner, settings: OperatorSettings) -> kopf.Ope
             runner.policy_deleted(raw)
         else:
             runner.policy_changed(raw)
+
+    @kopf.on.event(GROUP, VERSION, REVOCATION_PLURAL, registry=registry)
+    async def revocation_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+        raw = {"metadata": {k: body["metadata"].get(k) for k in ("name", "namespace", "uid", "resourceVersion", "generation")},
+               "spec": copy.deepcopy(dict(body.get("spec") or {})), "status": copy.deepcopy(dict(body.get("status") or {}))}
+        await runner.revocation_changed(raw, event.get("type") == "DELETED")
 
     for kind, plural in (("Secret", "secrets"), ("ConfigMap", "configmaps")):
         def owned_event(event: dict[str, Any], body: kopf.Body, _kind: str = kind, **_: Any) -> None:

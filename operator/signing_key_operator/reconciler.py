@@ -13,6 +13,10 @@ the next reconcile continues from:
 5. delete key Secrets whose retention has passed;
 6. record handled request annotations on the policy, then the status view.
 
+Token revocations (revocation_publisher.py) are published first, before any key work: they
+are an emergency path independent of the keys, so neither a broken key Secret nor a lost race
+over the keys holds them back.
+
 Every update carries the resourceVersion it was decided on; a 409 aborts the step and the
 policy is reconciled again from fresh reads (dex's "re-check inside the guarded write").
 """
@@ -33,6 +37,8 @@ from .core.spec import PolicySpec, SpecError, timeline_warnings
 from .k8s import objects
 from .k8s.api import CONFIGMAPS, POLICIES, SECRETS, ApiError, KubeApi
 from .metrics import OperatorMetrics
+from .redis_mirror import RedisMirror
+from .revocation_publisher import Published, RevocationPublisher
 from .settings import OperatorSettings
 
 logger = logging.getLogger(__name__)
@@ -43,6 +49,8 @@ class Outcome:
     """What one reconcile did, for the loop that schedules the next one."""
 
     events: list[PlanEvent] = field(default_factory=list)
+    object_events: list[tuple[dict[str, Any], PlanEvent]] = field(default_factory=list)
+    """Events about other objects than the policy (its TokenRevocations)."""
     next_wakeup: datetime | None = None
     retry_after: timedelta | None = None
     writes: int = 0
@@ -70,6 +78,9 @@ class Reconciler:
         self.clock = clock
         self.key_factory = key_factory
         self._reported: dict[tuple[str, str], str] = {}
+        self.revocations = RevocationPublisher(
+            api, RedisMirror(), clock, redis_resync=settings.redis_resync, redis_retry=settings.error_backoff_initial * 4
+        )
 
     async def reconcile(self, policy: dict[str, Any]) -> Outcome:
         outcome = Outcome()
@@ -110,13 +121,17 @@ class Reconciler:
     async def _reconcile(self, policy: dict[str, Any], spec: PolicySpec, outcome: Outcome) -> None:
         metadata = policy["metadata"]
         namespace, name = metadata["namespace"], metadata["name"]
+        revocations = await self.revocations.publish(
+            policy, spec, lambda kind, call: self._write(outcome, kind, call), outcome.object_events, outcome.events
+        )
         stored, broken = await self._gather_keys(policy)
         if broken:
             # Invariant 7: report and leave in place. Writing around an unreadable key could
             # unpublish a key that signers still use, so the policy holds still until a human
             # repairs or deletes the Secret.
             self._report_broken(policy, broken, outcome)
-            await self._patch_status(policy, spec, [s.record for s in stored], outcome, broken=broken)
+            outcome.next_wakeup = revocations.next_wakeup
+            await self._patch_status(policy, spec, [s.record for s in stored], outcome, revocations, broken=broken)
             return
         annotations = metadata.get("annotations") or {}
         requests = Requests(
@@ -174,10 +189,10 @@ class Reconciler:
             written = await self._write(outcome, "SigningKeyPolicy", self.api.merge_patch(POLICIES, namespace, name, patch))
             policy = {**policy, "metadata": written["metadata"]}
 
-        outcome.next_wakeup = decision.next_wakeup
+        outcome.next_wakeup = min((t for t in (decision.next_wakeup, revocations.next_wakeup) if t is not None), default=None)
         next_rotation = _next_rotation(decision.keys, spec)
         self.metrics.observe_policy(namespace, name, active.activated, next_rotation)
-        await self._patch_status(policy, spec, list(decision.keys), outcome)
+        await self._patch_status(policy, spec, list(decision.keys), outcome, revocations)
 
     async def _write(self, outcome: Outcome, kind: str, call) -> dict[str, Any]:
         try:
@@ -196,7 +211,7 @@ class Reconciler:
         namespace = policy["metadata"]["namespace"]
         jwks = render_jwk_set([materials[record.serial].public_jwk() for record in decision.published])
         max_age = int(spec.jwks_max_age.total_seconds())
-        desired = objects.jwks_configmap(policy, spec.jwks_config_map_name, jwks, max_age)
+        desired = objects.published_configmap(policy, spec.jwks_config_map_name, "jwks", "jwks.json", jwks, max_age)
         current = await self.api.get(CONFIGMAPS, namespace, spec.jwks_config_map_name)
         if objects.configmap_is_current(current, desired):
             return
@@ -258,8 +273,14 @@ class Reconciler:
     def forget(self, uid: str) -> None:
         for key in [k for k in self._reported if k[0] == uid]:
             del self._reported[key]
+        self.revocations.forget(uid)
 
-    async def _patch_status(self, policy, spec: PolicySpec, records: list[KeyRecord], outcome: Outcome, broken=()) -> None:
+    async def close(self) -> None:
+        await self.revocations.mirror.close()
+
+    async def _patch_status(
+        self, policy, spec: PolicySpec, records: list[KeyRecord], outcome: Outcome, revocations: Published, broken=()
+    ) -> None:
         active = next((r for r in records if r.state is KeyState.ACTIVE), None)
         waiting = next((r for r in records if r.state is KeyState.NEXT), None)
         next_rotation = _next_rotation(records, spec)
@@ -278,7 +299,10 @@ class Reconciler:
             "signingSecretName": spec.signing_secret_name,
             "jwksConfigMapName": spec.jwks_config_map_name,
             "keys": [_status_key(r) for r in sorted(records, key=lambda r: r.serial)],
-            "conditions": _conditions(policy, self.clock(), ready=ready, degraded=degraded),
+            "revocations": revocations.status,
+            "conditions": _conditions(
+                policy, self.clock(), ready=ready, degraded=degraded, revocations_published=revocations.condition
+            ),
         }
         await self._patch_status_body(policy, status, outcome)
 
@@ -314,13 +338,19 @@ def _status_key(record: KeyRecord) -> dict[str, Any]:
     return entry
 
 
-def _conditions(policy, now: datetime, *, ready: tuple[str, str, str], degraded: tuple[str, str, str]) -> list[dict[str, Any]]:
+def _conditions(
+    policy, now: datetime, *, ready: tuple[str, str, str], degraded: tuple[str, str, str],
+    revocations_published: tuple[str, str, str] | None = None,
+) -> list[dict[str, Any]]:
     """Conditions keep their lastTransitionTime while their status holds (kubectl wait and
     alerting read transitions), so an unchanged state writes nothing."""
     previous = {c.get("type"): c for c in (policy.get("status") or {}).get("conditions") or []}
     generation = policy["metadata"].get("generation")
     result = []
-    for kind, (status, reason, message) in (("Ready", ready), ("Degraded", degraded)):
+    wanted = [("Ready", ready), ("Degraded", degraded)]
+    if revocations_published is not None:
+        wanted.append(("RevocationsPublished", revocations_published))
+    for kind, (status, reason, message) in wanted:
         before = previous.get(kind)
         unchanged = before is not None and before.get("status") == status
         since = before["lastTransitionTime"] if unchanged else objects.format_time(now.replace(microsecond=0))

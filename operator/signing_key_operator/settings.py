@@ -50,5 +50,10 @@ class OperatorSettings:
     all Ready within about 30 s with 16 (bench/operator_bench.py scale); every connection costs
     TLS buffers, and 32 pushed the operator past 150 MiB for no gain in time."""
 
+    redis_resync: timedelta = timedelta(seconds=15)
+    """How often a Redis-backed policy checks that Redis still holds its entries (one GET of a
+    digest key). Redis without persistence forgets everything on a restart; the entries come
+    back from the TokenRevocations within this long (plus one reconcile)."""
+
     extra_labels: dict[str, str] = field(default_factory=dict)
     """Labels added to every object the operator creates (e.g. a team or cost-centre label)."""

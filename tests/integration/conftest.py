@@ -2,15 +2,16 @@ from __future__ import annotations
 
 import pytest
 
-from signing_key_operator.devcluster.crd import install_crd
+from signing_key_operator.devcluster.crd import install_crds
 
 from .harness import OperatorProcess, Policies
 
 
 @pytest.fixture(scope="session")
 def signingkeypolicy_crd(api_client):
-    """The CRD from crds/, installed once per run (create, or replace when already there)."""
-    return install_crd(api_client)["metadata"]["name"]
+    """The CRDs from crds/ (SigningKeyPolicy and TokenRevocation), installed once per run
+    (create, or replace when already there); the SigningKeyPolicy CRD's name."""
+    return install_crds(api_client)[0]
 
 
 @pytest.fixture(scope="session")

@@ -111,6 +111,17 @@ class OperatorProcess:
             return reply.read().decode()
 
 
+def read_configmap_json(core: client.CoreV1Api, namespace: str, name: str, key: str) -> dict[str, Any] | None:
+    """The JSON document under `key` of a ConfigMap, or None while the ConfigMap does not exist."""
+    try:
+        configmap = core.read_namespaced_config_map(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return json.loads(configmap.data[key])
+
+
 class Policies:
     """Thin test-side access to policies and what the operator makes for them."""
 
@@ -144,13 +155,7 @@ class Policies:
         return self.get(name)
 
     def jwks(self, configmap: str) -> dict[str, Any] | None:
-        try:
-            cm = self.core.read_namespaced_config_map(configmap, self.namespace)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        return json.loads(cm.data["jwks.json"])
+        return read_configmap_json(self.core, self.namespace, configmap, "jwks.json")
 
     def jwks_kids(self, configmap: str) -> list[str]:
         jwks = self.jwks(configmap)
@@ -177,3 +182,40 @@ class Policies:
 
     def event_reasons(self, name: str) -> list[str]:
         return [event.reason for event in self.events(name)]
+
+
+class Revocations:
+    """Thin test-side access to TokenRevocations and the revocation document the operator writes."""
+
+    PLURAL = "tokenrevocations"
+
+    def __init__(self, api_client, namespace: str):
+        self.objects = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.namespace = namespace
+
+    def create(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TokenRevocation", "metadata": {"name": name}, "spec": spec}
+        return self.objects.create_namespaced_custom_object(GROUP, VERSION, self.namespace, self.PLURAL, body)
+
+    def get(self, name: str) -> dict[str, Any]:
+        return self.objects.get_namespaced_custom_object(GROUP, VERSION, self.namespace, self.PLURAL, name)
+
+    def delete(self, name: str) -> None:
+        self.objects.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, self.PLURAL, name)
+
+    def in_force(self, name: str) -> tuple[str | None, str | None]:
+        """(status, reason) of the InForce condition."""
+        for condition in (self.get(name).get("status") or {}).get("conditions") or []:
+            if condition["type"] == "InForce":
+                return condition["status"], condition.get("reason")
+        return None, None
+
+    def document(self, configmap: str) -> dict[str, Any] | None:
+        return read_configmap_json(self.core, self.namespace, configmap, "revocations.json")
+
+    def event_reasons(self, name: str) -> list[str]:
+        return [
+            event.reason for event in self.core.list_namespaced_event(self.namespace).items
+            if event.involved_object.name == name and event.involved_object.kind == "TokenRevocation"
+        ]

@@ -412,3 +412,69 @@ async def test_served_bytes_are_what_verifiers_parse():
         served = await (await client.get(JWKS)).read()
         keyset = jwt.PyJWKSet.from_json(served.decode())
         assert {k.key_id for k in keyset.keys} == set(parse_jwk_set(served).kids)
+
+
+# ---------------------------------------------------------------- revocation document
+
+REVOCATIONS_PATH = "/revocations.json"
+
+
+@contextlib.asynccontextmanager
+async def serve_revocations(document: bytes | None, max_age: int | None = 7):
+    from signing_key_operator.sidecar.app import REVOCATIONS
+    from signing_key_operator.sidecar.state import RevocationState
+
+    state = JwksState()
+    app = make_app(None, Settings(), state=state, revocations=RevocationState(state.metrics))
+    assert state.offer(body_of(jwk("EC")), origin="test") is Outcome.LOADED
+    if document is not None:
+        assert app[REVOCATIONS].offer(document, max_age=max_age, origin="test") is Outcome.LOADED
+    async with TestClient(TestServer(app)) as client:
+        yield client, app[REVOCATIONS]
+
+
+REVOKED = b'{"backend":"configmap","jti":{"j1":1900000000},"sub":{}}\n'
+
+
+async def test_revocations_are_served_byte_for_byte_with_the_jwks_headers_and_304():
+    async with serve_revocations(REVOKED) as (client, _):
+        reply = await client.get(REVOCATIONS_PATH)
+        assert reply.status == 200 and await reply.read() == REVOKED
+        etag = '"' + hashlib.sha256(REVOKED).hexdigest() + '"'
+        assert reply.headers["ETag"] == etag
+        assert reply.headers["Cache-Control"] == "public, max-age=7"
+        assert reply.headers["Content-Type"] == "application/json"
+        assert "Last-Modified" in reply.headers
+        again = await client.get(REVOCATIONS_PATH, headers={"If-None-Match": etag})
+        assert again.status == 304 and await again.read() == b"" and again.headers["ETag"] == etag
+        head = await client.head(REVOCATIONS_PATH)
+        assert head.status == 200 and head.headers["ETag"] == etag
+
+
+async def test_bad_revocation_content_is_refused_and_the_last_good_document_stays_served():
+    async with serve_revocations(REVOKED) as (client, state):
+        for bad in (b"{", b'{"backend":"configmap","jti":{"j1":"soon"},"sub":{}}', b'{"keys":[]}'):
+            assert state.offer(bad, origin="test") is Outcome.REFUSED
+            assert await (await client.get(REVOCATIONS_PATH)).read() == REVOKED
+        metrics = metric_samples(await (await client.get("/metrics")).text())
+        refused = {labels: v for (name, labels), v in metrics.items() if name == "signing_key_sidecar_revocations_reloads_refused_total"}
+        assert sum(refused.values()) == 3
+        assert metrics[("signing_key_sidecar_revocations_entries", ())] == 1
+
+
+async def test_not_ready_until_the_revocation_document_is_loaded():
+    async with serve_revocations(None) as (client, state):
+        assert (await client.get(REVOCATIONS_PATH)).status == 503
+        ready = await client.get("/readyz")
+        assert ready.status == 503 and "revocation" in (await ready.json())["reason"]
+        state.offer(REVOKED, origin="test")
+        ready = await client.get("/readyz")
+        assert ready.status == 200
+        assert (await ready.json())["revocations"] == {"generation": 1, "entries": 1, "backend": "configmap", "sourcePresent": True}
+
+
+async def test_without_a_revocation_source_the_path_says_so():
+    async with serve(body=body_of(jwk("EC"))) as (client, _):
+        reply = await client.get(REVOCATIONS_PATH)
+        assert reply.status == 404 and (await reply.json())["error"] == "revocations_not_configured"
+        assert (await client.get("/readyz")).status == 200

@@ -191,8 +191,8 @@ async def test_unreadable_file_is_refused_and_counted(tmp_path):
 async def test_source_task_stops_with_the_app(tmp_path):
     path = tmp_path / "jwks.json"
     path.write_bytes(body_of(jwk("EC")))
-    before = {t for t in asyncio.all_tasks() if t.get_name().startswith("jwks-source")}
+    before = {t for t in asyncio.all_tasks() if t.get_name().startswith("JWK Set source")}
     async with serve_file(path) as (_, state):
         await eventually(lambda: state.loaded)
-        assert {t for t in asyncio.all_tasks() if t.get_name().startswith("jwks-source")} - before
-    assert not {t for t in asyncio.all_tasks() if t.get_name().startswith("jwks-source")} - before
+        assert {t for t in asyncio.all_tasks() if t.get_name().startswith("JWK Set source")} - before
+    assert not {t for t in asyncio.all_tasks() if t.get_name().startswith("JWK Set source")} - before

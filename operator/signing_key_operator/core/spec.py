@@ -19,6 +19,7 @@ from typing import Any
 
 from .durations import format_duration, parse_duration
 from .keys import ALGORITHMS, DEFAULT_RSA_KEY_SIZE, RSA_KEY_SIZES
+from .revocations import BACKENDS
 
 __all__ = [
     "CLIENT_JWKS_CACHES",
@@ -31,6 +32,7 @@ __all__ = [
     "DEFAULT_TOKEN_LIFETIME",
     "ClientCache",
     "PolicySpec",
+    "RedisTarget",
     "SpecError",
     "SpecWarning",
     "timeline_warnings",
@@ -118,6 +120,18 @@ class SpecWarning:
         return f"{self.field_path}: {self.message}"
 
 
+@dataclass(frozen=True)
+class RedisTarget:
+    """``spec.revocation.redis``: where the Redis backend mirrors the entries."""
+
+    url: str
+    """redis:// or rediss:// URL without credentials (the spec is not a Secret)."""
+    password_secret: tuple[str, str] | None = None
+    """(Secret name, data key) of the password, in the policy's namespace; None: no AUTH."""
+    key_prefix: str | None = None
+    """None: ``signingkeys:<namespace>/<policy>:`` (see core.revocations.RedisLayout)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class PolicySpec:
     """A validated SigningKeyPolicy spec (construct it with :meth:`from_resource`).
@@ -155,6 +169,14 @@ class PolicySpec:
     secret_propagation: timedelta
     """Not in the CRD: an operator setting, since it depends on the cluster's kubelets;
     :data:`DEFAULT_SECRET_PROPAGATION`."""
+    revocation_backend: str = "ConfigMap"
+    """``spec.revocation.backend``: ConfigMap by default, since it needs nothing beyond the
+    cluster; Redis when the entries outgrow one ConfigMap."""
+    revocation_config_map_name: str = ""
+    """``spec.revocation.configMapName``, default ``<name>-revocations`` (filled in at
+    construction), predictable so the sidecar can be told it before the policy exists."""
+    redis: RedisTarget | None = None
+    """``spec.revocation.redis``; required with the Redis backend."""
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -195,6 +217,15 @@ class PolicySpec:
             raise SpecError("secretPropagation", "must not be negative")
         _check_object_name("spec.signingSecretName", self.signing_secret_name, self.name)
         _check_object_name("spec.jwksConfigMapName", self.jwks_config_map_name, self.name)
+        if self.revocation_backend not in BACKENDS:
+            raise SpecError("spec.revocation.backend", f"must be one of {', '.join(BACKENDS)} (got {self.revocation_backend!r})")
+        if self.revocation_backend == "Redis" and self.redis is None:
+            raise SpecError("spec.revocation.redis", "url is required when backend is Redis")
+        if not self.revocation_config_map_name:
+            object.__setattr__(self, "revocation_config_map_name", f"{self.name}-revocations")
+        _check_object_name("spec.revocation.configMapName", self.revocation_config_map_name, self.name)
+        if self.revocation_config_map_name == self.jwks_config_map_name:
+            raise SpecError("spec.revocation.configMapName", "must differ from spec.jwksConfigMapName")
 
     @property
     def retention(self) -> timedelta:
@@ -232,6 +263,8 @@ class PolicySpec:
             raise SpecError("spec.suspend", f"must be true or false (got {suspend!r})")
 
         jwks_max_age = _duration("spec.jwks.maxAge", jwks, "maxAge", DEFAULT_JWKS_MAX_AGE)
+        revocation = _mapping("spec.revocation", spec.get("revocation") or {})
+        redis = _redis_target(revocation.get("redis"))
         return cls(
             name=name,
             algorithm=algorithm,
@@ -254,6 +287,11 @@ class PolicySpec:
             jwks_config_map_name=_name("spec.jwksConfigMapName", spec, "jwksConfigMapName", f"{name}-jwks"),
             suspend=suspend,
             secret_propagation=secret_propagation,
+            revocation_backend=revocation.get("backend") or "ConfigMap",
+            revocation_config_map_name=_name(
+                "spec.revocation.configMapName", revocation, "configMapName", f"{name}-revocations"
+            ),
+            redis=redis,
         )
 
 
@@ -274,6 +312,29 @@ def timeline_warnings(spec: PolicySpec) -> tuple[SpecWarning, ...]:
             )
         )
     return tuple(warnings)
+
+
+def _redis_target(value: Any) -> RedisTarget | None:
+    if value is None:
+        return None
+    redis = _mapping("spec.revocation.redis", value)
+    url = redis.get("url")
+    if not isinstance(url, str) or not re.fullmatch(r"rediss?://[^@/]+(/[0-9]+)?", url):
+        raise SpecError("spec.revocation.redis.url", "must be redis://host:port[/db] or rediss://..., without credentials")
+    secret = redis.get("passwordSecretRef")
+    password_secret = None
+    if secret is not None:
+        secret = _mapping("spec.revocation.redis.passwordSecretRef", secret)
+        password_secret = (
+            _name("spec.revocation.redis.passwordSecretRef.name", secret, "name", ""),
+            _name("spec.revocation.redis.passwordSecretRef.key", secret, "key", "password"),
+        )
+        if not password_secret[0]:
+            raise SpecError("spec.revocation.redis.passwordSecretRef.name", "is required")
+    prefix = redis.get("keyPrefix")
+    if prefix is not None and (not isinstance(prefix, str) or not prefix):
+        raise SpecError("spec.revocation.redis.keyPrefix", "must be a non-empty string")
+    return RedisTarget(url, password_secret, prefix)
 
 
 def _show(value: timedelta) -> str:

@@ -1,6 +1,6 @@
-"""Install the SigningKeyPolicy CRD from the repository's crds/ folder (its single source) into
-a dev or test cluster, and wait until the API server serves it. Used by `demo`, the tests'
-fixtures and the benches."""
+"""Install the CRDs (SigningKeyPolicy, TokenRevocation) from the repository's crds/ folder (their
+single source) into a dev or test cluster, and wait until the API server serves them. Used by
+`demo`, the tests' fixtures and the benches."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Any
 
 import yaml
 
-CRD_FILE = Path(__file__).resolve().parents[3] / "crds" / "signingkeypolicies.yaml"
+CRD_DIR = Path(__file__).resolve().parents[3] / "crds"
+CRD_FILE = CRD_DIR / "signingkeypolicies.yaml"
 
 
 def _wait(predicate, timeout: float, what: str) -> None:
@@ -69,3 +70,8 @@ def install_crd(api_client, path: Path = CRD_FILE, timeout: float = 30) -> dict[
 
     _wait(served, timeout, f"{plural}.{group} to be served")
     return body
+
+
+def install_crds(api_client, timeout: float = 30) -> list[str]:
+    """Every CRD in crds/ (see :func:`install_crd`); returns their names."""
+    return [install_crd(api_client, path, timeout)["metadata"]["name"] for path in sorted(CRD_DIR.glob("*.yaml"))]

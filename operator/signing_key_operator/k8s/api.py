@@ -70,6 +70,7 @@ class Resource:
 SECRETS = Resource("", "v1", "secrets")
 CONFIGMAPS = Resource("", "v1", "configmaps")
 POLICIES = Resource("signingkeys.dev", "v1alpha1", "signingkeypolicies")
+REVOCATIONS = Resource("signingkeys.dev", "v1alpha1", "tokenrevocations")
 
 
 class KubeApi:
@@ -139,8 +140,9 @@ class KubeApi:
                 return None
             raise
 
-    async def list(self, resource: Resource, namespace: str, label_selector: str) -> list[dict[str, Any]]:
-        reply = await self.request("GET", resource.path(namespace), params={"labelSelector": label_selector})
+    async def list(self, resource: Resource, namespace: str, label_selector: str | None = None) -> list[dict[str, Any]]:
+        params = {"labelSelector": label_selector} if label_selector else None
+        reply = await self.request("GET", resource.path(namespace), params=params)
         return reply.get("items", [])
 
     async def create(self, resource: Resource, namespace: str, body: dict[str, Any]) -> dict[str, Any]:

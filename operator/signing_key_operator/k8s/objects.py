@@ -207,7 +207,11 @@ def signing_secret_is_current(secret: dict[str, Any] | None, material: KeyMateri
         return False
 
 
-def jwks_configmap(policy: dict[str, Any], name: str, jwks_json: bytes, max_age_seconds: int) -> dict[str, Any]:
+def published_configmap(
+    policy: dict[str, Any], name: str, component: str, file_name: str, body: bytes, max_age_seconds: int
+) -> dict[str, Any]:
+    """A ConfigMap the sidecar serves from: the document under ``file_name`` (``jwks.json`` or
+    ``revocations.json``) and the policy's max-age beside it (see sidecar/sources.py)."""
     policy_name = policy["metadata"]["name"]
     return {
         "apiVersion": "v1",
@@ -215,11 +219,11 @@ def jwks_configmap(policy: dict[str, Any], name: str, jwks_json: bytes, max_age_
         "metadata": {
             "name": name,
             "namespace": policy["metadata"]["namespace"],
-            "labels": policy_labels(policy_name, "jwks"),
+            "labels": policy_labels(policy_name, component),
             "annotations": {MAX_AGE_ANNOTATION: str(max_age_seconds)},
             "ownerReferences": [owner_reference(policy)],
         },
-        "data": {"jwks.json": jwks_json.decode(), "max-age": str(max_age_seconds)},
+        "data": {file_name: body.decode(), "max-age": str(max_age_seconds)},
     }
 
 

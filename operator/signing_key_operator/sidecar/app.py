@@ -18,10 +18,16 @@ Endpoints
     ``issuer``, ``jwks_uri`` (issuer + ``/.well-known/jwks.json``), the algs of the set, enough
     for Spring's ``JwtDecoders.fromIssuerLocation``. When the issuer URL has a path, both
     documents are also served under that path, where such clients look for them.
+``GET|HEAD /revocations.json`` (only with a revocation source, else 404)
+    The policy's revocation document (TokenRevocations in force, see
+    :mod:`signing_key_operator.core.revocations`) byte for byte as published, with the same
+    Cache-Control, ETag, 304 and refusal of bad content as the JWKS; ``application/json``.
 ``/healthz``
     200 while the process runs (liveness).
 ``/readyz``
-    200 once a valid set is loaded, 503 before, and 503 while draining after SIGTERM.
+    200 once a valid set (and, with a revocation source, a valid revocation document: a
+    verifier must not be told "nothing is revoked" by a replica that does not know yet) is
+    loaded, 503 before, and 503 while draining after SIGTERM.
     If the ConfigMap (or file) is deleted, the sidecar keeps serving the last good set and
     stays ready: every replica sees the deletion at the same moment, so turning unready would
     pull all of them out of the Service and fail every verifier at once, while the last good
@@ -57,7 +63,7 @@ from prometheus_client.exposition import choose_encoder
 from .metrics import SidecarMetrics
 from .settings import Settings
 from .sources import Source
-from .state import JwksState, Snapshot
+from .state import JwksState, PublishedState, RevocationState, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +71,7 @@ JWKS_CONTENT_TYPE = "application/jwk-set+json"
 JSON_CONTENT_TYPE = "application/json"
 JWKS_PATHS = ("/.well-known/jwks.json", "/jwks.json")
 DISCOVERY_PATH = "/.well-known/openid-configuration"
+REVOCATIONS_PATH = "/revocations.json"
 
 
 @dataclass
@@ -74,6 +81,7 @@ class Lifecycle:
 
 
 STATE = web.AppKey("state", JwksState)
+REVOCATIONS = web.AppKey("revocations", RevocationState)
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", SidecarMetrics)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
@@ -83,23 +91,35 @@ _ETAG_RE = re.compile(r'[\s,]*(?:W/)?"([^"]*)"\s*(?:,|$)')
 
 
 def make_app(
-    source: Source | None, settings: Settings | None = None, *, state: JwksState | None = None
+    source: Source | None,
+    settings: Settings | None = None,
+    *,
+    state: JwksState | None = None,
+    revocation_source: Source | None = None,
+    revocations: RevocationState | None = None,
 ) -> web.Application:
     """Build the app. ``source`` (None: content is offered to ``app[STATE]`` by the caller) runs
-    as a background task from startup to cleanup and is restarted if it ever fails."""
+    as a background task from startup to cleanup and is restarted if it ever fails; so does
+    ``revocation_source``. The revocation document is served when either a revocation source or
+    a ``revocations`` state (offered to by the caller) is given."""
     settings = settings or Settings()
     if state is None:
         state = JwksState(SidecarMetrics())
     metrics = state.metrics
+    if revocations is None and revocation_source is not None:
+        revocations = RevocationState(metrics)
     app = web.Application(middlewares=[_metrics_middleware(metrics)])
     app[STATE] = state
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[LIFECYCLE] = Lifecycle()
 
-    handlers = app[HANDLERS] = _Handlers(state, settings, app[LIFECYCLE])
+    if revocations is not None:
+        app[REVOCATIONS] = revocations
+    handlers = app[HANDLERS] = _Handlers(state, settings, app[LIFECYCLE], revocations)
     for path in JWKS_PATHS:
         app.router.add_get(path, handlers.jwks)
+    app.router.add_get(REVOCATIONS_PATH, handlers.revocations)
     if settings.issuer:
         app.router.add_get(DISCOVERY_PATH, handlers.discovery)
         prefix = urlsplit(settings.issuer).path.rstrip("/")
@@ -112,12 +132,14 @@ def make_app(
 
     if source is not None:
         app.cleanup_ctx.append(_source_runner(source, state, settings))
+    if revocation_source is not None:
+        app.cleanup_ctx.append(_source_runner(revocation_source, revocations, settings))
     metrics.ready.set(0)
     return app
 
 
 def _source_runner(
-    source: Source, state: JwksState, settings: Settings
+    source: Source, state: PublishedState, settings: Settings
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def supervise() -> None:
         backoff = settings.backoff_initial
@@ -133,8 +155,8 @@ def _source_runner(
             backoff = min(backoff * 2, settings.backoff_max)
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        log.info("loading the JWK Set from %s", source.description)
-        task = asyncio.create_task(supervise(), name=f"jwks-source: {source.description}")
+        log.info("loading the %s from %s", state.what, source.description)
+        task = asyncio.create_task(supervise(), name=f"{state.what} source: {source.description}")
         yield
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -168,8 +190,11 @@ def _metrics_middleware(metrics: SidecarMetrics) -> Callable[..., Awaitable[web.
 
 
 class _Handlers:
-    def __init__(self, state: JwksState, settings: Settings, lifecycle: Lifecycle) -> None:
+    def __init__(
+        self, state: JwksState, settings: Settings, lifecycle: Lifecycle, revocations: RevocationState | None = None
+    ) -> None:
         self.state = state
+        self.revocation_state = revocations
         self.settings = settings
         self.lifecycle = lifecycle
         self._discovery_cache: tuple[int, bytes, str] | None = None
@@ -183,10 +208,10 @@ class _Handlers:
             return snap.max_age
         return s.default_max_age
 
-    def _not_loaded(self) -> web.Response:
+    def _not_loaded(self, what: str = "JWK Set", error: str = "jwks_not_loaded") -> web.Response:
         return _json(
             503,
-            {"error": "jwks_not_loaded", "message": "no valid JWK Set has been loaded yet"},
+            {"error": error, "message": f"no valid {what} has been loaded yet"},
             headers={"Retry-After": "1", "Cache-Control": "no-cache"},
         )
 
@@ -246,6 +271,18 @@ class _Handlers:
             self._discovery_cache = cached
         return self._representation(request, snap, cached[1], cached[2], JSON_CONTENT_TYPE)
 
+    async def revocations(self, request: web.Request) -> web.Response:
+        if self.revocation_state is None:
+            return _json(
+                404,
+                {"error": "revocations_not_configured", "message": "this server has no revocation source (--revocations-configmap or --revocations-file)"},
+                headers={"Cache-Control": "no-cache"},
+            )
+        snap = self.revocation_state.current
+        if snap is None:
+            return self._not_loaded("revocation document", "revocations_not_loaded")
+        return self._representation(request, snap, snap.body, snap.etag, JSON_CONTENT_TYPE)
+
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n", headers={"Cache-Control": "no-cache"})
 
@@ -264,15 +301,28 @@ class _Handlers:
             if refusal is not None:
                 body["lastRefusal"] = {"reason": refusal.reason, "message": refusal.message}
             return _json(503, body, headers={"Cache-Control": "no-cache"})
-        return _json(
-            200,
-            {"ready": True, "generation": snap.generation, "kids": list(snap.jwk_set.kids), "sourcePresent": present},
-            headers={"Cache-Control": "no-cache"},
-        )
+        body = {"ready": True, "generation": snap.generation, "kids": list(snap.content.kids), "sourcePresent": present}
+        if self.revocation_state is not None:
+            revocations = self.revocation_state.current
+            if revocations is None:
+                return _json(
+                    503,
+                    {"ready": False, "reason": "no valid revocation document loaded yet",
+                     "sourcePresent": self.revocation_state.source_present},
+                    headers={"Cache-Control": "no-cache"},
+                )
+            body["revocations"] = {
+                "generation": revocations.generation,
+                "entries": len(revocations.content),
+                "backend": revocations.content.backend,
+                "sourcePresent": self.revocation_state.source_present,
+            }
+        return _json(200, body, headers={"Cache-Control": "no-cache"})
 
     async def metrics(self, request: web.Request) -> web.Response:
         m = self.state.metrics
-        m.ready.set(1 if self.state.loaded and not self.lifecycle.draining else 0)
+        revocations_loaded = self.revocation_state is None or self.revocation_state.loaded
+        m.ready.set(1 if self.state.loaded and revocations_loaded and not self.lifecycle.draining else 0)
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         headers = {"Content-Type": content_type, "Cache-Control": "no-cache"}
         return web.Response(body=encoder(m.registry), headers=headers)
@@ -280,7 +330,7 @@ class _Handlers:
 
 def discovery_document(issuer: str, snap: Snapshot) -> bytes:
     """OpenID Provider Metadata (OIDC Discovery 1.0) sufficient for JWT verifiers."""
-    algs = sorted({_alg_of(k) for k in snap.jwk_set.keys} - {None})  # type: ignore[operator]
+    algs = sorted({_alg_of(k) for k in snap.content.keys} - {None})  # type: ignore[operator]
     doc = {
         "issuer": issuer,
         "jwks_uri": issuer.rstrip("/") + JWKS_PATHS[0],

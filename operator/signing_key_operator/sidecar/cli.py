@@ -1,8 +1,9 @@
 """``signing-key-operator serve``: run the JWKS sidecar.
 
 The main CLI calls :func:`add_arguments` on its ``serve`` sub-parser and :func:`run` with the
-parsed arguments. Exactly one source: ``--jwks-file`` (the mounted ConfigMap volume, or the
-``jwks.json`` file in it) or ``--configmap NAMESPACE/NAME`` (watch through the API).
+parsed arguments. Exactly one JWKS source: ``--jwks-file`` (the mounted ConfigMap volume, or
+the ``jwks.json`` file in it) or ``--configmap NAMESPACE/NAME`` (watch through the API); and at
+most one revocation source, ``--revocations-file`` or ``--revocations-configmap``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from .app import LIFECYCLE, make_app
 from .fastpath import FastJwksSite
 from .settings import DEFAULT_MAX_AGE, Settings
 from .sources import ConfigMapWatchSource, FileSource, Source, load_api_client
+
+REVOCATIONS_KEY = "revocations.json"
+"""Data key (and file name in the mounted volume) of the revocation document."""
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAMESPACE/NAME",
         type=_configmap_ref,
         help="watch this ConfigMap through the API (needs get/list/watch on it only)",
+    )
+    revocations = parser.add_mutually_exclusive_group()
+    revocations.add_argument(
+        "--revocations-configmap",
+        metavar="NAMESPACE/NAME",
+        type=_configmap_ref,
+        help="also serve /revocations.json from this ConfigMap (the policy's <name>-revocations), "
+        "watched through the API (needs get/list/watch on it only)",
+    )
+    revocations.add_argument(
+        "--revocations-file",
+        metavar="PATH",
+        help="also serve /revocations.json from this mounted ConfigMap volume directory (or the "
+        "revocations.json file in it)",
     )
     parser.add_argument(
         "--key",
@@ -123,18 +141,23 @@ def run(args: argparse.Namespace) -> int:
         return 2
     api_client: Any = None
     source: Source
-    if args.configmap:
-        namespace, name = args.configmap
+    revocation_source: Source | None = None
+    if args.configmap or args.revocations_configmap:
         try:
             api_client = load_api_client(args.kubeconfig)
         except Exception as exc:  # noqa: BLE001 - any config loading problem is fatal here
             log.error("cannot load Kubernetes client configuration: %s", exc)
             return 2
-        source = ConfigMapWatchSource(namespace, name, api_client, settings)
+    if args.configmap:
+        source = ConfigMapWatchSource(*args.configmap, api_client, settings)
     else:
         source = FileSource(args.jwks_file, settings)
+    if args.revocations_configmap:
+        revocation_source = ConfigMapWatchSource(*args.revocations_configmap, api_client, settings, data_key=REVOCATIONS_KEY)
+    elif args.revocations_file:
+        revocation_source = FileSource(args.revocations_file, settings, data_key=REVOCATIONS_KEY)
     try:
-        asyncio.run(serve(source, settings))
+        asyncio.run(serve(source, settings, revocation_source=revocation_source))
     finally:
         if api_client is not None:
             with contextlib.suppress(Exception):
@@ -142,7 +165,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def serve(source: Source, settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+async def serve(
+    source: Source, settings: Settings, *, stop: asyncio.Event | None = None, revocation_source: Source | None = None
+) -> None:
     """Run the app until ``stop`` is set or SIGTERM/SIGINT arrives, then shut down gracefully:
     report not ready, keep serving for ``shutdown_delay``, close the listener, let in-flight
     requests finish (``shutdown_timeout``), stop the source."""
@@ -153,7 +178,7 @@ async def serve(source: Source, settings: Settings, *, stop: asyncio.Event | Non
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
             installed.append(sig)
-    app = make_app(source, settings)
+    app = make_app(source, settings, revocation_source=revocation_source)
     runner = web.AppRunner(
         app,
         handle_signals=False,

@@ -62,6 +62,32 @@ class SidecarMetrics:
             "(the last good set is still served).",
             registry=r,
         )
+        self.revocations_generation = Gauge(
+            f"{PREFIX}_revocations_generation",
+            "Generation of the revocation document being served: +1 on every accepted change.",
+            registry=r,
+        )
+        self.revocations_last_reload = Gauge(
+            f"{PREFIX}_revocations_last_reload_timestamp_seconds",
+            "Unix time at which the revocation document being served was loaded.",
+            registry=r,
+        )
+        self.revocations_entries = Gauge(
+            f"{PREFIX}_revocations_entries",
+            "Entries (jti and subject) in the revocation document being served.",
+            registry=r,
+        )
+        self.revocations_refused = Counter(
+            f"{PREFIX}_revocations_reloads_refused",
+            "Content refused as not a valid revocation document; the last good one stays served.",
+            ["reason"],
+            registry=r,
+        )
+        self.revocations_source_present = Gauge(
+            f"{PREFIX}_revocations_source_present",
+            "1 while the revocation ConfigMap (or mounted file) exists, 0 after it disappeared.",
+            registry=r,
+        )
         self.ready = Gauge(
             f"{PREFIX}_ready",
             "1 while /readyz answers 200.",

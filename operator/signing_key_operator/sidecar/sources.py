@@ -49,7 +49,7 @@ errors) rather than the generated ``CoreV1Api``, whose first use imports some 25
 and costs about 22 MiB of RSS for one GET path; events are read as plain dicts.
 
 Both sources feed content through :func:`apply_published`: the one place that turns "data
-keys + annotations" into an offer to :class:`~.state.JwksState`.
+keys + annotations" into an offer to :class:`~.state.PublishedState`.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..core.jwks import MAX_JWK_SET_BYTES
 from .settings import Settings
-from .state import JwksState, Outcome
+from .state import Outcome, PublishedState
 
 if TYPE_CHECKING:  # the kubernetes client is only needed by the watch source
     from kubernetes.client import ApiClient
@@ -86,7 +86,7 @@ class Source(Protocol):
 
     description: str
 
-    async def run(self, state: JwksState) -> None: ...
+    async def run(self, state: PublishedState) -> None: ...
 
 
 def parse_max_age(value: str | bytes | None, *, origin: str = "") -> int | None:
@@ -105,7 +105,7 @@ def parse_max_age(value: str | bytes | None, *, origin: str = "") -> int | None:
 
 
 def apply_published(
-    state: JwksState,
+    state: PublishedState,
     data: Mapping[str, str | bytes] | None,
     annotations: Mapping[str, str] | None = None,
     *,
@@ -132,7 +132,7 @@ def apply_published(
 
 
 def apply_configmap(
-    state: JwksState, configmap: Mapping[str, Any] | None, *, key: str = "jwks.json", origin: str = ""
+    state: PublishedState, configmap: Mapping[str, Any] | None, *, key: str = "jwks.json", origin: str = ""
 ) -> Outcome | None:
     """Apply a ConfigMap as the API returns it (a JSON dict); None means it was deleted."""
     if configmap is None:
@@ -155,11 +155,12 @@ class FileSource:
     """Polls a file (usually ``<ConfigMap volume>/jwks.json``) for the kubelet's atomic symlink
     swap and for plain rewrites. No writes, no extra dependencies."""
 
-    def __init__(self, path: str | os.PathLike[str], settings: Settings | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], settings: Settings | None = None, *, data_key: str | None = None) -> None:
         self.settings = settings or Settings()
+        self.data_key = data_key or self.settings.data_key
         path = os.fspath(path)
         if os.path.isdir(path):
-            path = os.path.join(path, self.settings.data_key)
+            path = os.path.join(path, self.data_key)
         self.path = path
         self.description = f"file {self.path}"
 
@@ -190,7 +191,7 @@ class FileSource:
                     body = f.read(MAX_JWK_SET_BYTES + 1)
             except FileNotFoundError:
                 continue  # the kubelet removed the old snapshot between realpath and open
-            data = {self.settings.data_key: body}
+            data = {self.data_key: body}
             try:
                 with open(os.path.join(os.path.dirname(real), MAX_AGE_DATA_KEY), "rb") as f:
                     data[MAX_AGE_DATA_KEY] = f.read(64)
@@ -200,7 +201,7 @@ class FileSource:
                 return data, before
         raise OSError(f"{self.path} keeps changing while being read")
 
-    async def run(self, state: JwksState) -> None:
+    async def run(self, state: PublishedState) -> None:
         s = self.settings
         applied: object = object()  # fingerprint of the content last applied
         previous: object = object()  # fingerprint seen at the previous poll
@@ -219,7 +220,7 @@ class FileSource:
                 elif (stable and fp != applied) or (due and fp == applied):
                     data, read_fp = await asyncio.to_thread(self._read)
                     last_read = now
-                    apply_published(state, data, key=s.data_key, origin=self.description)
+                    apply_published(state, data, key=self.data_key, origin=self.description)
                     applied = read_fp
             except asyncio.CancelledError:
                 raise
@@ -262,6 +263,8 @@ class ConfigMapWatchSource:
         name: str,
         api_client: ApiClient,
         settings: Settings | None = None,
+        *,
+        data_key: str | None = None,
     ) -> None:
         if not namespace or not name:
             raise ValueError("namespace and name are required")
@@ -269,10 +272,11 @@ class ConfigMapWatchSource:
         self.name = name
         self.api_client = api_client
         self.settings = settings or Settings()
+        self.data_key = data_key or self.settings.data_key
         self.description = f"configmap {namespace}/{name}"
         self._watch: Any = None
 
-    async def run(self, state: JwksState) -> None:
+    async def run(self, state: PublishedState) -> None:
         loop = asyncio.get_running_loop()
         stop = threading.Event()
         finished: asyncio.Future[None] = loop.create_future()
@@ -283,7 +287,7 @@ class ConfigMapWatchSource:
                 if configmap is not None:
                     rv = (configmap.get("metadata") or {}).get("resourceVersion")
                     origin = f"{origin} (resourceVersion {rv})"
-                apply_configmap(state, configmap, key=self.settings.data_key, origin=origin)
+                apply_configmap(state, configmap, key=self.data_key, origin=origin)
 
             try:
                 loop.call_soon_threadsafe(apply)

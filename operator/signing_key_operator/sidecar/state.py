@@ -1,10 +1,13 @@
-"""The JWK Set the sidecar currently serves, and how new content replaces it.
+"""The documents the sidecar currently serves, and how new content replaces them.
 
-Only content that passes :func:`signing_key_operator.core.jwks.parse_jwk_set` ever becomes the
-served set. Anything else is refused: the last good set stays served, the refusal is logged
-(reason and message only: never the content, which might hold key material) and counted in
-``signing_key_sidecar_jwks_reloads_refused_total{reason}``. The same bad content offered again
-(a resync, a watch replay) is not logged or counted again.
+Two documents, one rule. :class:`JwksState` holds the JWK Set: only content that passes
+:func:`signing_key_operator.core.jwks.parse_jwk_set` ever becomes the served set.
+:class:`RevocationState` holds the revocation document, checked by
+:func:`signing_key_operator.core.revocations.parse_revocation_document`. Anything else is
+refused: the last good document stays served, the refusal is logged (reason and message only:
+never the content, which might hold key material) and counted in
+``signing_key_sidecar_{jwks,revocations}_reloads_refused_total{reason}``. The same bad content
+offered again (a resync, a watch replay) is not logged or counted again.
 
 All methods are called from the event loop thread only (sources hop onto it first).
 """
@@ -19,7 +22,10 @@ from dataclasses import dataclass, replace
 from email.utils import formatdate
 from enum import Enum
 
-from ..core.jwks import InvalidJwkSet, JwkSet, parse_jwk_set
+from typing import Any
+
+from ..core.jwks import InvalidJwkSet, parse_jwk_set
+from ..core.revocations import InvalidRevocationDocument, parse_revocation_document
 from .metrics import SidecarMetrics
 
 log = logging.getLogger(__name__)
@@ -27,22 +33,23 @@ log = logging.getLogger(__name__)
 
 class Outcome(str, Enum):
     LOADED = "loaded"
-    """A new set is now served (generation + 1)."""
+    """A new document is now served (generation + 1)."""
     UNCHANGED = "unchanged"
     """Same bytes as the served set (a max-age change alone is applied, no new generation)."""
     REFUSED = "refused"
-    """Not a valid public JWK Set: the last good set stays served."""
+    """Not a valid document: the last good one stays served."""
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """One accepted JWK Set, with everything the HTTP layer needs precomputed."""
+    """One accepted document, with everything the HTTP layer needs precomputed."""
 
     body: bytes
-    """The set byte for byte as published."""
+    """The document byte for byte as published."""
     etag: str
     """Strong ETag: the quoted hex SHA-256 of ``body`` (identical on every replica)."""
-    jwk_set: JwkSet
+    content: Any
+    """The parsed document: a JwkSet, or a RevocationDocument."""
     generation: int
     """1 for the first set this process loaded, +1 for every change."""
     loaded_at: float
@@ -67,8 +74,12 @@ def etag_for(body: bytes) -> str:
     return '"' + hashlib.sha256(body).hexdigest() + '"'
 
 
-class JwksState:
-    """The current good set plus bookkeeping (source presence, last refusal), kept in metrics."""
+class PublishedState:
+    """The current good document plus bookkeeping (source presence, last refusal), kept in
+    metrics. Subclasses say how to parse and what to record when a document is loaded."""
+
+    what = "document"
+    """For log lines: what is served."""
 
     def __init__(
         self, metrics: SidecarMetrics | None = None, *, clock: Callable[[], float] = time.time
@@ -98,7 +109,7 @@ class JwksState:
         return self._last_refusal
 
     def offer(self, body: bytes, *, max_age: int | None = None, origin: str = "") -> Outcome:
-        """Offer content from the source; serve it if it is a valid public JWK Set."""
+        """Offer content from the source; serve it if it is a valid document."""
         self._set_source_present(True, origin)
         current = self._current
         if current is not None and body == current.body:
@@ -109,8 +120,8 @@ class JwksState:
             return Outcome.UNCHANGED
         digest = etag_for(body)
         try:
-            jwk_set = parse_jwk_set(body)
-        except InvalidJwkSet as exc:
+            content = self._parse(body)
+        except (InvalidJwkSet, InvalidRevocationDocument) as exc:
             self._refuse(exc.reason, exc.message, origin, digest)
             return Outcome.REFUSED
         now = self._clock()
@@ -118,7 +129,7 @@ class JwksState:
         self._current = Snapshot(
             body=body,
             etag=digest,
-            jwk_set=jwk_set,
+            content=content,
             generation=generation,
             loaded_at=now,
             last_modified=formatdate(now, usegmt=True),
@@ -126,43 +137,45 @@ class JwksState:
             origin=origin,
         )
         self._refused_digest = None
-        m = self.metrics
-        m.generation.set(generation)
-        m.last_reload.set(now)
-        m.set_kids(jwk_set.kids)
-        log.info(
-            "serving JWK Set generation %d from %s: %d key(s), kids=%s, etag=%s",
-            generation,
-            origin,
-            len(jwk_set),
-            ",".join(jwk_set.kids),
-            digest,
-        )
+        self._loaded(self._current)
         return Outcome.LOADED
+
+    def _parse(self, body: bytes) -> Any:
+        raise NotImplementedError
+
+    def _loaded(self, snapshot: Snapshot) -> None:
+        raise NotImplementedError
+
+    def _count_refusal(self, reason: str) -> None:
+        raise NotImplementedError
+
+    def _record_source_present(self, present: bool) -> None:
+        raise NotImplementedError
 
     def refuse(self, reason: str, message: str, *, origin: str = "", content: bytes | None = None) -> None:
         """Record content the source could not even offer (missing data key, unreadable file)."""
         self._refuse(reason, message, origin, etag_for(content) if content is not None else f"{reason}:{message}")
 
     def source_missing(self, origin: str) -> None:
-        """The ConfigMap (or the file) is gone. The last good set stays served: see app.py."""
+        """The ConfigMap (or the file) is gone. The last good document stays served: see app.py."""
         self._set_source_present(False, origin)
 
     def _set_source_present(self, present: bool, origin: str) -> None:
         if present == self._source_present:
             return
         self._source_present = present
-        self.metrics.source_present.set(1 if present else 0)
+        self._record_source_present(present)
         if not present:
             self._refused_digest = None
             if self._current is not None:
                 log.warning(
-                    "%s is gone; still serving the last good JWK Set (generation %d) until it returns",
+                    "%s is gone; still serving the last good %s (generation %d) until it returns",
                     origin,
+                    self.what,
                     self._current.generation,
                 )
             else:
-                log.warning("%s does not exist (yet); no JWK Set to serve", origin)
+                log.warning("%s does not exist (yet); no %s to serve", origin, self.what)
         elif self._current is not None:
             log.info("%s is back", origin)
 
@@ -171,14 +184,74 @@ class JwksState:
             return  # the same bad content again (resync, watch replay): already reported
         self._refused_digest = digest
         self._last_refusal = Refusal(reason=reason, message=message, at=self._clock(), origin=origin)
-        self.metrics.refused.labels(reason=reason).inc()
+        self._count_refusal(reason)
         if self._current is not None:
             log.error(
-                "refused new content from %s (%s: %s); still serving JWK Set generation %d",
+                "refused new content from %s (%s: %s); still serving %s generation %d",
                 origin,
                 reason,
                 message,
+                self.what,
                 self._current.generation,
             )
         else:
-            log.error("refused content from %s (%s: %s); no valid JWK Set loaded yet", origin, reason, message)
+            log.error("refused content from %s (%s: %s); no valid %s loaded yet", origin, reason, message, self.what)
+
+
+class JwksState(PublishedState):
+    """The JWK Set verifiers fetch."""
+
+    what = "JWK Set"
+
+    def _parse(self, body: bytes) -> Any:
+        return parse_jwk_set(body)
+
+    def _loaded(self, snapshot: Snapshot) -> None:
+        m, jwk_set = self.metrics, snapshot.content
+        m.generation.set(snapshot.generation)
+        m.last_reload.set(snapshot.loaded_at)
+        m.set_kids(jwk_set.kids)
+        log.info(
+            "serving JWK Set generation %d from %s: %d key(s), kids=%s, etag=%s",
+            snapshot.generation,
+            snapshot.origin,
+            len(jwk_set),
+            ",".join(jwk_set.kids),
+            snapshot.etag,
+        )
+
+    def _count_refusal(self, reason: str) -> None:
+        self.metrics.refused.labels(reason=reason).inc()
+
+    def _record_source_present(self, present: bool) -> None:
+        self.metrics.source_present.set(1 if present else 0)
+
+
+class RevocationState(PublishedState):
+    """The revocation document (TokenRevocations in force) verifiers fetch."""
+
+    what = "revocation document"
+
+    def _parse(self, body: bytes) -> Any:
+        return parse_revocation_document(body)
+
+    def _loaded(self, snapshot: Snapshot) -> None:
+        m, document = self.metrics, snapshot.content
+        m.revocations_generation.set(snapshot.generation)
+        m.revocations_last_reload.set(snapshot.loaded_at)
+        m.revocations_entries.set(len(document))
+        log.info(
+            "serving revocation document generation %d from %s: backend %s, %d jti, %d subject(s), etag=%s",
+            snapshot.generation,
+            snapshot.origin,
+            document.backend,
+            len(document.jti),
+            len(document.sub),
+            snapshot.etag,
+        )
+
+    def _count_refusal(self, reason: str) -> None:
+        self.metrics.revocations_refused.labels(reason=reason).inc()
+
+    def _record_source_present(self, present: bool) -> None:
+        self.metrics.revocations_source_present.set(1 if present else 0)

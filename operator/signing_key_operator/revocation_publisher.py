@@ -1,0 +1,235 @@
+"""One policy's TokenRevocations: gather -> compile -> publish -> report.
+
+Gather lists the TokenRevocations of the policy's namespace that name it. The pure
+:func:`~.core.revocations.compile_revocations` decides which are in force at ``now``. Publish
+writes the revocation ConfigMap only when its bytes change, and with the Redis backend mirrors
+the entries (redis_mirror.py). Report sets each TokenRevocation's status (InForce, until) and
+posts an Event when that changes: published, pruned at its end, invalid, or not published
+(document full, Redis unreachable), so nothing is dropped silently.
+
+Order: the document (or Redis) first, the statuses after, so an InForce=True status is never
+seen before verifiers can see the entry.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from .core.planner import PlanEvent
+from .core.revocations import (
+    MAX_CONFIGMAP_BYTES,
+    Compiled,
+    InvalidRevocationDocument,
+    RedisLayout,
+    Revocation,
+    RevocationDocument,
+    RevocationError,
+    compile_revocations,
+    parse_revocation,
+    parse_revocation_document,
+)
+from .core.spec import PolicySpec
+from .k8s import objects
+from .k8s.api import CONFIGMAPS, REVOCATIONS, SECRETS, KubeApi
+from .redis_mirror import RedisMirror, RedisUnavailable
+
+logger = logging.getLogger(__name__)
+
+REVOCATIONS_FILE = "revocations.json"
+API_VERSION = "signingkeys.dev/v1alpha1"
+
+
+@dataclass
+class Published:
+    """What the policy's status says about its revocations."""
+
+    status: dict[str, Any]
+    condition: tuple[str, str, str]
+    """(status, reason, message) of the policy's RevocationsPublished condition."""
+    next_wakeup: datetime | None
+
+
+Write = Callable[[str, Awaitable[dict[str, Any]]], Awaitable[dict[str, Any]]]
+"""The reconciler's guarded write: (kind, API call) -> written object."""
+
+
+@dataclass
+class _Verdict:
+    in_force: bool
+    reason: str
+    message: str
+    until: datetime | None
+    event_type: str
+    event_reason: str
+
+
+class RevocationPublisher:
+    def __init__(self, api: KubeApi, mirror: RedisMirror, clock: Callable[[], datetime], redis_resync: timedelta, redis_retry: timedelta):
+        self.api = api
+        self.mirror = mirror
+        self.clock = clock
+        self.redis_resync = redis_resync
+        self.redis_retry = redis_retry
+        self._reported_full: dict[str, int] = {}
+
+    async def publish(self, policy: dict[str, Any], spec: PolicySpec, write: Write, events: list[tuple[dict, PlanEvent]], policy_events: list[PlanEvent]) -> Published:
+        metadata = policy["metadata"]
+        namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
+        items = [i for i in await self.api.list(REVOCATIONS, namespace) if (i.get("spec") or {}).get("policyName") == name]
+        parsed: dict[str, Revocation] = {}
+        invalid: dict[str, str] = {}
+        for item in items:
+            try:
+                parsed[item["metadata"]["name"]] = parse_revocation(item["metadata"]["name"], item.get("spec"))
+            except RevocationError as error:
+                invalid[item["metadata"]["name"]] = str(error)
+        now = self.clock()
+        compiled = compile_revocations(
+            parsed.values(), token_lifetime=spec.token_lifetime, clock_skew=spec.clock_skew, now=now, backend=spec.revocation_backend
+        )
+        where = f"ConfigMap {spec.revocation_config_map_name}"
+        body = compiled.document.render()
+        max_age = int(spec.jwks_max_age.total_seconds())
+        size = len(body) + len(str(max_age))
+        problem: tuple[str, str] | None = None  # (reason, message) for entries not published
+        served = compiled.document
+        if size > MAX_CONFIGMAP_BYTES:
+            served = await self._stored_document(namespace, spec)
+            problem = ("DocumentFull", (
+                f"{where} would hold {len(compiled.entries)} entries in {size} bytes, over the 1 MiB ConfigMap limit; "
+                f"it keeps the {len(served)} entries it has. Set spec.revocation.backend: Redis on SigningKeyPolicy {name}"
+            ))
+            if self._reported_full.get(uid) != len(compiled.entries):
+                self._reported_full[uid] = len(compiled.entries)
+                policy_events.append(PlanEvent("Warning", "RevocationsTooLarge", problem[1]))
+        else:
+            self._reported_full.pop(uid, None)
+            desired = objects.published_configmap(policy, spec.revocation_config_map_name, "revocations", REVOCATIONS_FILE, body, max_age)
+            current = await self.api.get(CONFIGMAPS, namespace, spec.revocation_config_map_name)
+            if not objects.configmap_is_current(current, desired):
+                if current is None:
+                    await write("ConfigMap", self.api.create(CONFIGMAPS, namespace, desired))
+                else:
+                    desired["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+                    await write("ConfigMap", self.api.replace(CONFIGMAPS, namespace, desired))
+
+        wakeups = [compiled.next_expiry]
+        if spec.revocation_backend == "Redis" and problem is None:
+            assert spec.redis is not None
+            where = f"Redis {spec.redis.url}"
+            layout = RedisLayout.for_policy(namespace, name, spec.redis.key_prefix)
+            try:
+                password = await self._redis_password(namespace, spec)
+                await self.mirror.mirror(uid, spec.redis.url, password, layout, compiled.entries)
+                served = compiled.entries
+                # Redis may lose everything (a restart without persistence): look again soon.
+                wakeups.append(now + self.redis_resync)
+            except (RedisUnavailable, _PasswordMissing) as error:
+                problem = ("RedisUnavailable", f"{error}; retrying, entries stay pending until it answers")
+                served = RevocationDocument()
+                wakeups.append(now + self.redis_retry)
+                logger.warning("%s/%s: %s", namespace, name, problem[1])
+
+        for item in items:
+            item_name = item["metadata"]["name"]
+            verdict = _verdict(item_name, parsed.get(item_name), invalid.get(item_name), compiled, served, problem, where)
+            await self._report(item, verdict, spec, write, events)
+
+        pending = problem is not None and any(not _is_served(r, served) for r, _ in compiled.in_force)
+        if pending:
+            condition = ("False", problem[0], problem[1])
+        else:
+            condition = ("True", "Published", f"{len(compiled.in_force)} revocation(s) in force, published in {where}")
+        status = {
+            "backend": spec.revocation_backend,
+            "configMapName": spec.revocation_config_map_name,
+            "inForce": len(compiled.in_force),
+            "documentBytes": len(body),
+        }
+        return Published(status, condition, min((w for w in wakeups if w is not None), default=None))
+
+    async def _stored_document(self, namespace: str, spec: PolicySpec) -> RevocationDocument:
+        current = await self.api.get(CONFIGMAPS, namespace, spec.revocation_config_map_name)
+        try:
+            return parse_revocation_document(((current or {}).get("data") or {}).get(REVOCATIONS_FILE, ""))
+        except InvalidRevocationDocument:
+            return RevocationDocument()
+
+    async def _redis_password(self, namespace: str, spec: PolicySpec) -> str | None:
+        assert spec.redis is not None
+        if spec.redis.password_secret is None:
+            return None
+        secret_name, key = spec.redis.password_secret
+        secret = await self.api.get(SECRETS, namespace, secret_name)
+        value = ((secret or {}).get("data") or {}).get(key)
+        if value is None:
+            raise _PasswordMissing(f"Secret {secret_name} has no data key {key} (spec.revocation.redis.passwordSecretRef)")
+        return base64.b64decode(value).decode()
+
+    async def _report(self, item: dict[str, Any], verdict: _Verdict, spec: PolicySpec, write: Write, events: list[tuple[dict, PlanEvent]]) -> None:
+        metadata = item["metadata"]
+        current = item.get("status") or {}
+        previous = next((c for c in current.get("conditions") or [] if c.get("type") == "InForce"), None)
+        condition_status = "True" if verdict.in_force else "False"
+        unchanged = previous is not None and previous.get("status") == condition_status and previous.get("reason") == verdict.reason
+        since = previous.get("lastTransitionTime") if unchanged else objects.format_time(self.clock().replace(microsecond=0))
+        status = {
+            "observedGeneration": metadata.get("generation"),
+            "inForce": verdict.in_force,
+            "until": objects.format_time(verdict.until) if verdict.until else None,
+            "backend": spec.revocation_backend,
+            "conditions": [{
+                "type": "InForce", "status": condition_status, "reason": verdict.reason, "message": verdict.message,
+                "lastTransitionTime": since, "observedGeneration": metadata.get("generation"),
+            }],
+        }
+        if all(current.get(k) == v for k, v in status.items()):
+            return
+        patch = {"status": status}
+        await write("TokenRevocation", self.api.merge_patch(REVOCATIONS, metadata["namespace"], metadata["name"], patch, subresource="status"))
+        if not unchanged:
+            events.append((reference(item), PlanEvent(verdict.event_type, verdict.event_reason, verdict.message)))
+
+    def forget(self, uid: str) -> None:
+        self._reported_full.pop(uid, None)
+        self.mirror.forget(uid)
+
+
+class _PasswordMissing(Exception):
+    pass
+
+
+def reference(item: dict[str, Any]) -> dict[str, Any]:
+    """What kopf.event needs to name a TokenRevocation as the Event's object."""
+    metadata = item["metadata"]
+    return {
+        "apiVersion": API_VERSION, "kind": "TokenRevocation",
+        "metadata": {k: metadata[k] for k in ("name", "namespace", "uid", "resourceVersion") if k in metadata},
+    }
+
+
+def _is_served(revocation: Revocation, served: RevocationDocument) -> bool:
+    if revocation.jti is not None:
+        return revocation.jti in served.jti
+    entry = served.sub.get(revocation.subject or "")
+    return entry is not None and revocation.issued_before is not None and entry.issued_before >= revocation.issued_before.timestamp()
+
+
+def _verdict(name, revocation, invalid, compiled: Compiled, served, problem, where) -> _Verdict:
+    if invalid is not None:
+        return _Verdict(False, "Invalid", f"{invalid}; not published", None, "Warning", "InvalidRevocation")
+    ends = {r.name: until for r, until in compiled.in_force + compiled.expired}
+    until = ends[name]
+    if any(r.name == name for r, _ in compiled.expired):
+        return _Verdict(False, "Expired", f"{revocation.what}: ended at {objects.format_time(until)} (no verifier accepts the token any more); pruned from {where}",
+                        until, "Normal", "RevocationExpired")
+    if _is_served(revocation, served):
+        return _Verdict(True, "Published", f"{revocation.what}: refused by verifiers until {objects.format_time(until)}; published in {where}",
+                        until, "Normal", "RevocationPublished")
+    reason, message = problem if problem is not None else ("Pending", "not published yet")
+    return _Verdict(False, reason, f"{revocation.what}: not published: {message}", until, "Warning", "RevocationNotPublished")

@@ -1,0 +1,186 @@
+"""``signing-key-operator revoke-token``: revoke one token, or every token of its subject.
+
+The token is verified against the keys the policy publishes (its JWKS ConfigMap) before
+anything is created: a revocation is an emergency lever, and pulling it for a token that is not
+ours, or is forged, would only add noise. Then:
+
+* an already expired token (exp + clockSkew in the past) needs nothing: every verifier refuses
+  it already; nothing is created;
+* with a ``jti``: a TokenRevocation of that jti until the token's exp (named after the jti's
+  digest, so running the command twice creates one object);
+* without a ``jti``, or with ``--by-subject``: every token of its ``sub`` issued up to now. That
+  is wider than one token, so it needs ``--by-subject`` to be said out loud.
+
+Exit codes: 0 revoked (or nothing to do), 1 the token or the policy is not usable, 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from .core.keys import ALGORITHMS
+from .core.spec import PolicySpec, SpecError
+
+GROUP, VERSION = "signingkeys.dev", "v1alpha1"
+
+
+class Refusal(Exception):
+    """Why nothing was revoked; printed as is."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("token", nargs="?", default="-", help="the JWT; '-' or nothing reads it from stdin")
+    parser.add_argument("--policy", required=True, help="the SigningKeyPolicy whose keys signed the token")
+    parser.add_argument("--namespace", "-n", help="namespace of the policy (default: the kubeconfig context's, else default)")
+    parser.add_argument("--reason", default="", help="why, recorded in the TokenRevocation")
+    parser.add_argument("--by-subject", action="store_true", help="revoke every token of the token's subject issued up to now")
+    parser.add_argument("--kubeconfig", help="kubeconfig path (default: in-cluster, else ~/.kube/config)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from kubernetes import client, config
+
+    token = (sys.stdin.read() if args.token == "-" else args.token).strip()
+    if not token:
+        print("revoke-token: no token given (argument or stdin)", file=sys.stderr)
+        return 2
+    if args.kubeconfig or not _in_cluster():
+        api_client = config.new_client_from_config(config_file=args.kubeconfig, persist_config=False)
+        namespace = args.namespace or _context_namespace(args.kubeconfig)
+    else:
+        configuration = client.Configuration()
+        config.load_incluster_config(client_configuration=configuration)
+        api_client = client.ApiClient(configuration)
+        namespace = args.namespace or "default"
+    with api_client:
+        try:
+            message = revoke(api_client, namespace, args.policy, token, reason=args.reason, by_subject=args.by_subject)
+        except Refusal as refusal:
+            print(f"revoke-token: {refusal}", file=sys.stderr)
+            return 1
+    print(message)
+    return 0
+
+
+def revoke(api_client, namespace: str, policy_name: str, token: str, *, reason: str = "", by_subject: bool = False,
+           now: float | None = None) -> str:
+    """Verify ``token`` against the policy's published keys and create its TokenRevocation;
+    returns what was done, for the user. Raises :class:`Refusal` when nothing may be done."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    objects = client.CustomObjectsApi(api_client)
+    try:
+        policy = objects.get_namespaced_custom_object(GROUP, VERSION, namespace, "signingkeypolicies", policy_name)
+    except ApiException as error:
+        if error.status == 404:
+            raise Refusal(f"SigningKeyPolicy {policy_name} not found in namespace {namespace}") from None
+        raise
+    try:
+        spec = PolicySpec.from_resource(policy_name, policy.get("spec"))
+    except SpecError as error:
+        raise Refusal(f"SigningKeyPolicy {policy_name} has an invalid spec ({error})") from None
+    claims = verified_claims(token, _published_jwks(api_client, namespace, spec))
+    now = time.time() if now is None else now
+    exp = claims.get("exp")
+    skew = spec.clock_skew.total_seconds()
+    if isinstance(exp, (int, float)) and exp + skew <= now:
+        return (f"the token expired at {_iso(exp)} (+{skew:g}s clockSkew): every verifier refuses it already; "
+                "nothing to revoke, no TokenRevocation created")
+    jti, subject = claims.get("jti"), claims.get("sub")
+    if by_subject or jti is None:
+        if not isinstance(subject, str) or not subject:
+            raise Refusal("the token has neither a jti nor a sub claim: it cannot be revoked on its own; revoke its key "
+                          "(kubectl annotate skp/NAME signingkeys.dev/revoke-kid=<kid>)")
+        if not by_subject:
+            raise Refusal(f"the token has no jti, so it cannot be revoked alone. It can be revoked by subject: "
+                          f"--by-subject revokes every token of subject {subject!r} issued up to now")
+        issued_before = math.floor(now) + 1  # covers a token issued this very second
+        name = f"{policy_name}-sub-{_digest(subject)}-{issued_before}"
+        spec_body = {"policyName": policy_name, "subject": subject, "issuedBefore": _iso(issued_before)}
+        what = f"every token of subject {subject!r} issued before {_iso(issued_before)}"
+    else:
+        if not isinstance(exp, (int, float)):
+            raise Refusal("the token has a jti but no exp: a revocation must end, and this token never expires; "
+                          "revoke by subject (--by-subject) or revoke its key")
+        name = f"{policy_name}-jti-{_digest(str(jti))}"
+        spec_body = {"policyName": policy_name, "jti": str(jti), "expiresAt": _iso(math.ceil(exp))}
+        what = f"the token with jti {jti!r} (expires {_iso(exp)})"
+    if reason:
+        spec_body["reason"] = reason
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TokenRevocation", "metadata": {"name": name, "namespace": namespace},
+            "spec": spec_body}
+    try:
+        objects.create_namespaced_custom_object(GROUP, VERSION, namespace, "tokenrevocations", body)
+    except ApiException as error:
+        if error.status == 409:
+            return f"already revoked: TokenRevocation {namespace}/{name} exists for {what}"
+        if error.status == 422:
+            raise Refusal(f"the API server refused the TokenRevocation: {_api_message(error)}") from None
+        raise
+    return f"revoked {what}: TokenRevocation {namespace}/{name} created (kubectl get tokrev -n {namespace} {name})"
+
+
+def verified_claims(token: str, jwks: dict[str, Any]) -> dict[str, Any]:
+    from joserfc import jwt
+    from joserfc.errors import JoseError
+    from joserfc.jwk import KeySet
+
+    try:
+        decoded = jwt.decode(token, KeySet.import_key_set(jwks), algorithms=list(ALGORITHMS))
+    except (JoseError, ValueError) as error:
+        # The class name and joserfc's short code only: never the token itself.
+        raise Refusal(f"the token does not verify against the policy's published keys ({type(error).__name__}); "
+                      "it was not signed by this policy, or its key is no longer published") from None
+    return dict(decoded.claims)
+
+
+def _published_jwks(api_client, namespace: str, spec: PolicySpec) -> dict[str, Any]:
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    try:
+        configmap = client.CoreV1Api(api_client).read_namespaced_config_map(spec.jwks_config_map_name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            raise Refusal(f"ConfigMap {spec.jwks_config_map_name} (the policy's JWKS) not found: is the operator running?") from None
+        raise
+    return json.loads((configmap.data or {}).get("jwks.json") or '{"keys":[]}')
+
+
+def _in_cluster() -> bool:
+    import os
+
+    return "KUBERNETES_SERVICE_HOST" in os.environ
+
+
+def _context_namespace(kubeconfig: str | None) -> str:
+    from kubernetes import config
+
+    try:
+        _, context = config.list_kube_config_contexts(config_file=kubeconfig)
+    except config.ConfigException:
+        return "default"
+    return (context or {}).get("context", {}).get("namespace") or "default"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _api_message(error) -> str:
+    try:
+        return json.loads(error.body).get("message", error.reason)
+    except (TypeError, ValueError):
+        return str(error.reason)

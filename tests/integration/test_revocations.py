@@ -1,0 +1,196 @@
+"""TokenRevocations against the real API server and the operator process: validation by the API
+server, compilation into the revocation document, pruning at the entry's end, statuses, Events,
+and the revoke-token command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import jwt as pyjwt
+import pytest
+from kubernetes.client.rest import ApiException
+
+from .harness import FAST_SPEC, Policies, Revocations, wait_until
+
+SKEW = 1  # FAST_SPEC clockSkew, seconds
+LIFETIME = 5  # FAST_SPEC tokenLifetime, seconds
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+@pytest.fixture(autouse=True)
+def _running_operator(operator):
+    yield
+    assert operator.process.poll() is None, "the operator exited:\n" + operator.logs()[-3000:]
+
+
+@pytest.fixture
+def revocations(api_client, namespace, signingkeypolicy_crd) -> Revocations:
+    return Revocations(api_client, namespace)
+
+
+def _sign(policies: Policies, policy: str, claims: dict) -> str:
+    signing = policies.secret_data(f"{policy}-signing")
+    return pyjwt.encode(claims, signing["private.pem"], algorithm=signing["alg"].decode(), headers={"kid": signing["kid"].decode()})
+
+
+def test_a_policy_publishes_an_empty_revocation_document_beside_its_jwks(policies, revocations):
+    policies.create("api", FAST_SPEC)
+    policy = policies.wait_ready("api")
+    assert revocations.document("api-revocations") == {"backend": "configmap", "jti": {}, "sub": {}}
+    assert policy["status"]["revocations"] == {"backend": "ConfigMap", "configMapName": "api-revocations", "inForce": 0,
+                                               "documentBytes": len(b'{"backend":"configmap","jti":{},"sub":{}}\n')}
+    assert policies.condition("api", "RevocationsPublished") == "True"
+
+
+def test_a_jti_revocation_is_published_until_the_token_expires_then_pruned_with_an_event(policies, revocations):
+    policies.create("api", FAST_SPEC)
+    policies.wait_ready("api")
+    expires = _now() + timedelta(seconds=4)
+    revocations.create("stolen", {"policyName": "api", "jti": "token-1", "expiresAt": _iso(expires), "reason": "leaked in a log"})
+    until = int(expires.timestamp()) + SKEW
+
+    document = wait_until(lambda: (revocations.document("api-revocations") or {}).get("jti"), 10, "the jti in the document")
+    assert document == {"token-1": until}
+    wait_until(lambda: revocations.in_force("stolen") == ("True", "Published"), 10, "InForce=True")
+    status = revocations.get("stolen")["status"]
+    assert status["inForce"] is True and status["until"] == _iso(datetime.fromtimestamp(until, timezone.utc))
+    wait_until(lambda: "RevocationPublished" in revocations.event_reasons("stolen"), 10, "a RevocationPublished Event")
+    wait_until(lambda: policies.get("api")["status"]["revocations"]["inForce"] == 1, 10, "the policy to count it")
+
+    # Pruned once no verifier could accept the token any more: exp + clockSkew.
+    wait_until(lambda: revocations.document("api-revocations")["jti"] == {}, 15, "the entry to be pruned")
+    assert time.time() >= until - 0.05, "pruned before the token's end"
+    wait_until(lambda: revocations.in_force("stolen") == ("False", "Expired"), 10, "InForce=False, Expired")
+    wait_until(lambda: "RevocationExpired" in revocations.event_reasons("stolen"), 10, "a RevocationExpired Event")
+    assert revocations.get("stolen")["status"]["inForce"] is False
+
+
+def test_a_subject_revocation_lasts_token_lifetime_and_skew_past_issued_before(policies, revocations):
+    policies.create("api", FAST_SPEC)
+    policies.wait_ready("api")
+    before = _now() + timedelta(seconds=1)
+    revocations.create("alice", {"policyName": "api", "subject": "alice", "issuedBefore": _iso(before)})
+    document = wait_until(lambda: (revocations.document("api-revocations") or {}).get("sub"), 10, "the subject in the document")
+    start = int(before.timestamp())
+    assert document == {"alice": {"issuedBefore": start, "until": start + LIFETIME + SKEW}}
+    wait_until(lambda: revocations.in_force("alice") == ("True", "Published"), 10, "InForce=True")
+    # A second, later revocation of the same subject widens the entry.
+    later = before + timedelta(seconds=2)
+    revocations.create("alice-again", {"policyName": "api", "subject": "alice", "issuedBefore": _iso(later)})
+    wait_until(lambda: revocations.document("api-revocations")["sub"].get("alice", {}).get("issuedBefore") == start + 2, 10, "the wider entry")
+    # Deleting a revocation withdraws it (an un-revoke), leaving the other in force.
+    revocations.delete("alice-again")
+    wait_until(lambda: revocations.document("api-revocations")["sub"].get("alice", {}).get("issuedBefore") == start, 10, "the narrower entry again")
+
+
+def test_the_api_server_refuses_contradictory_or_incomplete_revocations_naming_the_field(policies, revocations):
+    cases = [
+        ({"policyName": "api", "jti": "a"}, "expiresAt"),
+        ({"policyName": "api", "subject": "alice"}, "issuedBefore"),
+        ({"policyName": "api", "jti": "a", "subject": "b", "expiresAt": _iso(_now())}, "exactly one of jti"),
+        ({"policyName": "api"}, "exactly one of jti"),
+        ({"policyName": "api", "jti": "has space", "expiresAt": _iso(_now())}, "spec.jti"),
+        ({"policyName": "api", "jti": "a", "expiresAt": "tomorrow"}, "spec.expiresAt"),
+        ({"policyName": "Not_A_Name", "jti": "a", "expiresAt": _iso(_now())}, "spec.policyName"),
+        ({"jti": "a", "expiresAt": _iso(_now())}, "spec.policyName"),
+    ]
+    for spec, field in cases:
+        with pytest.raises(ApiException) as refused:
+            revocations.create(f"bad-{uuid.uuid4().hex[:6]}", spec)
+        assert refused.value.status == 422, spec
+        assert field in json.loads(refused.value.body)["message"], (spec, refused.value.body)
+    revocations.create("ok", {"policyName": "api", "jti": "a", "expiresAt": _iso(_now() + timedelta(hours=1))})
+    with pytest.raises(ApiException) as refused:
+        revocations.objects.patch_namespaced_custom_object(
+            "signingkeys.dev", "v1alpha1", revocations.namespace, "tokenrevocations", "ok", {"spec": {"jti": "b"}})
+    assert refused.value.status == 422 and "cannot be changed" in refused.value.body
+
+
+def test_a_revocation_naming_a_missing_policy_is_marked_and_nothing_else_changes(policies, revocations):
+    policies.create("api", FAST_SPEC)
+    policies.wait_ready("api")
+    document = revocations.document("api-revocations")
+    revocations.create("orphan", {"policyName": "nope", "jti": "x", "expiresAt": _iso(_now() + timedelta(hours=1))})
+    wait_until(lambda: revocations.in_force("orphan") == ("False", "PolicyNotFound"), 10, "PolicyNotFound")
+    wait_until(lambda: "PolicyNotFound" in revocations.event_reasons("orphan"), 10, "a PolicyNotFound Event")
+    assert revocations.document("api-revocations") == document
+    # The policy appearing later picks the revocation up.
+    policies.create("nope", FAST_SPEC)
+    wait_until(lambda: revocations.in_force("orphan") == ("True", "Published"), 20, "published once the policy exists")
+    assert list(revocations.document("nope-revocations")["jti"]) == ["x"]
+
+
+def test_a_revocation_document_edited_by_hand_is_restored(policies, revocations):
+    policies.create("api", FAST_SPEC)
+    policies.wait_ready("api")
+    revocations.create("r", {"policyName": "api", "jti": "keep-me", "expiresAt": _iso(_now() + timedelta(hours=1))})
+    wait_until(lambda: "keep-me" in (revocations.document("api-revocations") or {}).get("jti", {}), 10, "the entry")
+    revocations.core.patch_namespaced_config_map("api-revocations", revocations.namespace,
+                                                 {"data": {"revocations.json": '{"backend":"configmap","jti":{},"sub":{}}\n'}})
+    wait_until(lambda: "keep-me" in revocations.document("api-revocations")["jti"], 10, "the entry restored")
+
+
+def _revoke_token(kubeconfig, namespace: str, *args: str, token: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "signing_key_operator", "revoke-token", "--kubeconfig", str(kubeconfig), "-n", namespace, *args],
+        input=token, capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_revoke_token_verifies_the_token_and_creates_its_revocation_once(kubeconfig, policies, revocations):
+    policies.create("api", {**FAST_SPEC, "tokenLifetime": "1h"})
+    policies.wait_ready("api")
+    now = int(time.time())
+    token = _sign(policies, "api", {"sub": "alice", "jti": "j-123", "iat": now, "exp": now + 600})
+
+    done = _revoke_token(kubeconfig, policies.namespace, "--policy", "api", "--reason", "laptop stolen", token=token)
+    assert done.returncode == 0, done.stderr
+    assert "revoked the token with jti 'j-123'" in done.stdout
+    name = done.stdout.split("TokenRevocation ")[1].split()[0].split("/")[1]
+    created = revocations.get(name)
+    assert created["spec"] == {"policyName": "api", "jti": "j-123", "reason": "laptop stolen",
+                               "expiresAt": _iso(datetime.fromtimestamp(now + 600, timezone.utc))}
+    wait_until(lambda: "j-123" in revocations.document("api-revocations")["jti"], 10, "the jti published")
+    again = _revoke_token(kubeconfig, policies.namespace, "--policy", "api", token=token)
+    assert again.returncode == 0 and "already revoked" in again.stdout
+
+    # No jti: refused alone, with the way out said; --by-subject revokes the subject.
+    no_jti = _sign(policies, "api", {"sub": "bob", "iat": now, "exp": now + 600})
+    refused = _revoke_token(kubeconfig, policies.namespace, "--policy", "api", token=no_jti)
+    assert refused.returncode == 1 and "--by-subject" in refused.stderr and "bob" in refused.stderr
+    by_subject = _revoke_token(kubeconfig, policies.namespace, "--policy", "api", "--by-subject", token=no_jti)
+    assert by_subject.returncode == 0, by_subject.stderr
+    wait_until(lambda: "bob" in revocations.document("api-revocations")["sub"], 10, "the subject published")
+    assert revocations.document("api-revocations")["sub"]["bob"]["issuedBefore"] > now
+
+    # Expired: nothing to do, nothing created.
+    expired = _sign(policies, "api", {"sub": "carol", "jti": "old", "iat": now - 100, "exp": now - 30})
+    before = {i["metadata"]["name"] for i in revocations.objects.list_namespaced_custom_object(
+        "signingkeys.dev", "v1alpha1", policies.namespace, "tokenrevocations")["items"]}
+    stale = _revoke_token(kubeconfig, policies.namespace, "--policy", "api", token=expired)
+    assert stale.returncode == 0 and "nothing to revoke" in stale.stdout
+    after = {i["metadata"]["name"] for i in revocations.objects.list_namespaced_custom_object(
+        "signingkeys.dev", "v1alpha1", policies.namespace, "tokenrevocations")["items"]}
+    assert after == before
+
+    # Not signed by this policy: refused, and the token is not echoed.
+    from signing_key_operator.core.keys import generate_key
+
+    stranger = generate_key("ES256")
+    forged = pyjwt.encode({"sub": "mallory", "jti": "f", "exp": now + 600}, stranger.private_pem, algorithm="ES256",
+                          headers={"kid": policies.get("api")["status"]["activeKid"]})
+    refused = _revoke_token(kubeconfig, policies.namespace, "--policy", "api", token=forged)
+    assert refused.returncode == 1 and "does not verify" in refused.stderr
+    assert forged not in refused.stderr and forged.split(".")[1] not in refused.stderr
