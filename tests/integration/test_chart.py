@@ -38,6 +38,7 @@ KUBECTL = BIN / "kubectl"
 CHART = REPO / "charts" / "signing-key-operator"
 CRD_FILE = REPO / "crds" / "signingkeypolicies.yaml"
 CRD_NAME = "signingkeypolicies.signingkeys.dev"
+REVOCATION_CRD_NAME = "tokenrevocations.signingkeys.dev"
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 KUBERNETES_VERSION = "1.34.0"
 # Custom resources kubernetes-validate has no schema for: skipped, nothing else may be.
@@ -290,16 +291,20 @@ def test_every_value_is_commented():
     walk(schema["properties"], values, "")
 
 
-def test_the_chart_ships_the_repository_crd(tmp_path):
-    # Rendered: the file as written, plus the keep annotation and the release labels.
-    (crd,) = find(render(), "CustomResourceDefinition")
-    expected = yaml.safe_load(CRD_FILE.read_text())
-    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
-    for key in expected["metadata"]["labels"]:
-        assert crd["metadata"]["labels"][key] == expected["metadata"]["labels"][key]
-    crd["metadata"] = {k: v for k, v in crd["metadata"].items() if k not in ("annotations", "labels")}
-    expected["metadata"].pop("labels")
-    assert crd == expected
+def test_the_chart_ships_the_repository_crds(tmp_path):
+    # Rendered: each file as written, plus the keep annotation and the release labels.
+    rendered = {crd["metadata"]["name"]: crd for crd in find(render(), "CustomResourceDefinition")}
+    files = sorted(CRD_FILE.parent.glob("*.yaml"))
+    assert len(files) == 2 and sorted(rendered) == sorted(yaml.safe_load(f.read_text())["metadata"]["name"] for f in files)
+    for path in files:
+        expected = yaml.safe_load(path.read_text())
+        crd = rendered[expected["metadata"]["name"]]
+        assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+        for key in expected["metadata"]["labels"]:
+            assert crd["metadata"]["labels"][key] == expected["metadata"]["labels"][key]
+        crd["metadata"] = {k: v for k, v in crd["metadata"].items() if k not in ("annotations", "labels")}
+        expected["metadata"].pop("labels")
+        assert crd == expected
     assert "helm.sh/resource-policy" not in json.dumps(find(render("--set", "crds.keep=false"), "CustomResourceDefinition"))
     assert not find(render("--set", "crds.enabled=false"), "CustomResourceDefinition")
     # Packaged: `helm package` follows the files/crds symlink and stores the same bytes.
@@ -307,8 +312,8 @@ def test_the_chart_ships_the_repository_crd(tmp_path):
     (package,) = tmp_path.glob("signing-key-operator-*.tgz")
     with tarfile.open(package) as archive:
         names = archive.getnames()
-        stored = archive.extractfile("signing-key-operator/files/crds/signingkeypolicies.yaml").read()
-    assert stored == CRD_FILE.read_bytes()
+        for path in files:
+            assert archive.extractfile(f"signing-key-operator/files/crds/{path.name}").read() == path.read_bytes()
     assert not [n for n in names if "/hack/" in n]
 
 
@@ -334,8 +339,10 @@ def test_defaults_are_restricted_single_replica_cluster_wide_and_without_peering
     assert all("resourceNames" not in rule for rule in role["rules"])
     granted = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
     assert granted == {
-        ("signingkeys.dev", "signingkeypolicies"): {"list", "watch", "patch"},
+        ("signingkeys.dev", "signingkeypolicies"): {"get", "list", "watch", "patch"},
         ("signingkeys.dev", "signingkeypolicies/status"): {"patch"},
+        ("signingkeys.dev", "tokenrevocations"): {"list", "watch"},
+        ("signingkeys.dev", "tokenrevocations/status"): {"patch"},
         ("", "secrets"): {"get", "list", "watch", "create", "update", "delete"},
         ("", "configmaps"): {"get", "list", "watch", "create", "update", "delete"},
         ("", "events"): {"create"},
@@ -362,11 +369,11 @@ def test_a_namespace_list_grants_roles_in_those_namespaces_only():
 def test_jwks_server_watch_mode_reads_one_configmap_and_file_mode_no_api_at_all():
     watch = render("--set", "jwksServer.enabled=true", "--set", "jwksServer.policy=api", "--set", "jwksServer.namespace=apps")
     (role,) = find(watch, "Role", namespace="apps")
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["api-jwks"],
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["api-jwks", "api-revocations"],
                               "verbs": ["get", "list", "watch"]}]
     (server,) = find(watch, "Deployment", "sko-signing-key-operator-jwks", "apps")
     pod = server["spec"]["template"]["spec"]
-    assert pod["containers"][0]["args"][:2] == ["serve", "--configmap=apps/api-jwks"]
+    assert pod["containers"][0]["args"][:3] == ["serve", "--configmap=apps/api-jwks", "--revocations-configmap=apps/api-revocations"]
     assert pod["serviceAccountName"] == "sko-signing-key-operator-jwks"
     file_mode = render("--set", "jwksServer.enabled=true", "--set", "jwksServer.policy=api", "--set", "jwksServer.mode=file")
     (server,) = find(file_mode, "Deployment", "sko-signing-key-operator-jwks")
@@ -374,7 +381,14 @@ def test_jwks_server_watch_mode_reads_one_configmap_and_file_mode_no_api_at_all(
     assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
     assert "--jwks-file=/etc/jwks" in pod["containers"][0]["args"]
     assert {"name": "jwks", "configMap": {"name": "api-jwks", "optional": True}} in pod["volumes"]
+    assert "--revocations-file=/etc/revocations" in pod["containers"][0]["args"]
+    assert {"name": "revocations", "configMap": {"name": "api-revocations", "optional": True}} in pod["volumes"]
     assert not find(file_mode, "Role")
+    without = render("--set", "jwksServer.enabled=true", "--set", "jwksServer.policy=api", "--set", "jwksServer.revocations.enabled=false")
+    (role,) = find(without, "Role")
+    assert role["rules"][0]["resourceNames"] == ["api-jwks"]
+    (server,) = find(without, "Deployment", "sko-signing-key-operator-jwks")
+    assert not [a for a in server["spec"]["template"]["spec"]["containers"][0]["args"] if "revocations" in a]
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
@@ -628,7 +642,7 @@ class TestClusterWideRelease:
         result = helm("uninstall", release["name"], "-n", ns, kubeconfig=kubeconfig)
         assert "kept due to the resource policy" in result.stdout and CRD_NAME in result.stdout
         remaining = kubectl(kubeconfig, "get", "-f", "-", "-o", "name", "--ignore-not-found", input=manifest_text).stdout.split()
-        assert remaining == [f"customresourcedefinition.apiextensions.k8s.io/{CRD_NAME}"]
+        assert sorted(remaining) == [f"customresourcedefinition.apiextensions.k8s.io/{name}" for name in (CRD_NAME, REVOCATION_CRD_NAME)]
         assert crd_established(api_client)
         assert release_policies.get("kept")["status"]["activeKid"]
         assert {s.metadata.name for s in release_policies.key_secrets("kept")} == keys_before

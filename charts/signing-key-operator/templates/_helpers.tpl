@@ -91,6 +91,10 @@ app.kubernetes.io/component: jwks-server
 {{- default (printf "%s-jwks" (include "sko.jwks.policy" .)) .Values.jwksServer.configMapName -}}
 {{- end -}}
 
+{{- define "sko.jwks.revocationsConfigMapName" -}}
+{{- default (printf "%s-revocations" (include "sko.jwks.policy" .)) .Values.jwksServer.revocations.configMapName -}}
+{{- end -}}
+
 {{- define "sko.jwks.serviceAccountName" -}}
 {{- if .Values.jwksServer.serviceAccount.create -}}
 {{- default (include "sko.jwks.fullname" .) .Values.jwksServer.serviceAccount.name -}}
@@ -105,15 +109,21 @@ the chart's tests run the operator with nothing but these and find no refusal in
 */}}
 {{- define "sko.namespacedRules" -}}
 # Policies: kopf lists and watches them; the reconciler records handled request annotations
-# with a merge patch guarded by resourceVersion. No create/update/delete: users own policies.
+# with a merge patch guarded by resourceVersion; a TokenRevocation naming a policy the
+# operator does not know yet is checked with a get. No create/update/delete: users own policies.
 - apiGroups: ["signingkeys.dev"]
   resources: ["signingkeypolicies"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch"]
+# TokenRevocations: listed and watched, never changed (users own them; their spec is immutable).
+- apiGroups: ["signingkeys.dev"]
+  resources: ["tokenrevocations"]
+  verbs: ["list", "watch"]
 # Status is a view the reconciler rebuilds (merge patch on the status subresource).
 - apiGroups: ["signingkeys.dev"]
-  resources: ["signingkeypolicies/status"]
+  resources: ["signingkeypolicies/status", "tokenrevocations/status"]
   verbs: ["patch"]
-# Key Secrets, the signing Secret and the JWKS ConfigMap: created, replaced with
+# Key Secrets, the signing Secret, the JWKS and revocation ConfigMaps (and, with the Redis
+# backend, the Secret named by passwordSecretRef, read only): created, replaced with
 # resourceVersion guards and deleted by the reconciler; watched by kopf (drift and deletion
 # wake the policy). RBAC cannot scope these verbs by label: the ValidatingAdmissionPolicy
 # (admissionPolicy.enabled) limits writes to objects labelled signingkeys.dev/policy.
