@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup controlplane conformance-verifiers demo test unit down
+.PHONY: setup controlplane conformance-verifiers redis demo test unit down
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -22,10 +22,13 @@ conformance-verifiers: setup
 	@echo "==> building (or reusing) the conformance verifiers: PyJWT, Node jose, Nimbus/Spring, Go keyfunc"
 	PYTHON=$(BIN)/python tests/conformance/setup.sh
 
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { echo "==> installing redis-server from Debian (the Redis revocation backend's tests)"; sh scripts/apt-install.sh redis-server; }
+
 demo: controlplane
 	$(BIN)/signing-key-operator demo
 
-test: controlplane conformance-verifiers
+test: controlplane conformance-verifiers redis
 	@echo "==> running the whole test suite (unit, integration on a real control plane)"
 	$(BIN)/pytest -ra
 

@@ -11,14 +11,6 @@ if have nginx && have wrk; then
     exit 0
 fi
 
-SUDO=""
-if [ "$(id -u)" != "0" ]; then
-    SUDO="sudo"
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-
 packages="wrk"
 if ! have nginx; then
     if apt-cache show nginx-light >/dev/null 2>&1; then
@@ -28,19 +20,7 @@ if ! have nginx; then
     fi
 fi
 
-# policy-rc.d 101: keep the package's postinst from starting the nginx system service
-# (only when we are allowed to write it, and only for the duration of this install).
-POLICY=/usr/sbin/policy-rc.d
-created_policy=""
-if [ ! -e "$POLICY" ] && [ -w /usr/sbin ]; then
-    printf '#!/bin/sh\nexit 101\n' >"$POLICY"
-    chmod +x "$POLICY"
-    created_policy=1
-fi
-cleanup() { if [ -n "$created_policy" ]; then rm -f "$POLICY"; fi; }
-trap cleanup EXIT
-
 # shellcheck disable=SC2086
-$SUDO apt-get install -y -qq --no-install-recommends $packages
+sh "$(dirname "$0")/../scripts/apt-install.sh" $packages
 
 have nginx && have wrk

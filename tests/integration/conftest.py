@@ -4,6 +4,9 @@ import pytest
 
 from signing_key_operator.devcluster.crd import install_crds
 
+REDIS_RESYNC = "2s"
+"""How often the session operator checks Redis-backed policies (default 15 s): tests restart Redis."""
+
 from .harness import OperatorProcess, Policies
 
 
@@ -19,7 +22,7 @@ def operator(kubeconfig, signingkeypolicy_crd, tmp_path_factory):
     """One operator process for the run; tests that kill operators start their own."""
     # Tests that run operators of their own use namespaces outside this pattern.
     process = OperatorProcess(
-        kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", extra_args=["--namespace", "t-*"]
+        kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", extra_args=["--namespace", "t-*", "--redis-resync", REDIS_RESYNC]
     ).start()
     yield process
     process.stop()

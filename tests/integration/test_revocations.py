@@ -194,3 +194,115 @@ def test_revoke_token_verifies_the_token_and_creates_its_revocation_once(kubecon
     refused = _revoke_token(kubeconfig, policies.namespace, "--policy", "api", token=forged)
     assert refused.returncode == 1 and "does not verify" in refused.stderr
     assert forged not in refused.stderr and forged.split(".")[1] not in refused.stderr
+
+
+# ---------------------------------------------------------------- Redis backend
+
+from tests.redis_fixture import redis_server  # noqa: E402,F401 - fixture
+
+
+def _redis(url: str):
+    import redis
+
+    return redis.Redis.from_url(url, decode_responses=True)
+
+
+def test_redis_backend_mirrors_each_entry_with_its_end_and_rebuilds_them_after_a_restart(policies, revocations, redis_server):  # noqa: F811
+    ns = policies.namespace
+    policies.create("api", {**FAST_SPEC, "tokenLifetime": "1h", "revocation": {"backend": "Redis", "redis": {"url": redis_server.url}}})
+    policies.wait_ready("api")
+    assert revocations.document("api-revocations") == {"backend": "redis", "jti": {}, "sub": {}}
+    expires = _now() + timedelta(minutes=30)
+    revocations.create("one", {"policyName": "api", "jti": "j-1", "expiresAt": _iso(expires)})
+    revocations.create("alice", {"policyName": "api", "subject": "alice", "issuedBefore": _iso(_now())})
+    store = _redis(redis_server.url)
+    jti_key, subject_key = f"signingkeys:{ns}/api:jti:j-1", f"signingkeys:{ns}/api:sub:alice"
+    wait_until(lambda: store.exists(jti_key, subject_key) == 2, 10, "both entries in Redis")
+    # Each key expires at its entry's end: the token's exp + clockSkew; issuedBefore + 1h + 1s.
+    assert abs(store.expiretime(jti_key) - (int(expires.timestamp()) + SKEW)) <= 1
+    assert abs(store.expiretime(subject_key) - (int(_now().timestamp()) + 3600 + SKEW)) <= 3
+    wait_until(lambda: revocations.in_force("one") == ("True", "Published"), 10, "InForce=True")
+    assert revocations.get("one")["status"]["backend"] == "Redis"
+
+    # Redis dies (no persistence): the policy says so, a revocation made meanwhile waits...
+    redis_server.kill()
+    wait_until(lambda: policies.condition("api", "RevocationsPublished") == "False", 15, "RevocationsPublished=False")
+    revocations.create("two", {"policyName": "api", "jti": "j-2", "expiresAt": _iso(expires)})
+    wait_until(lambda: revocations.in_force("two") == ("False", "RedisUnavailable"), 15, "the new one pending")
+    # ...and once Redis is back, empty, every entry comes back from the TokenRevocations.
+    redis_server.start()
+    store = _redis(redis_server.url)
+    wait_until(lambda: store.exists(jti_key, subject_key, f"signingkeys:{ns}/api:jti:j-2") == 3, 30, "every entry back in Redis")
+    wait_until(lambda: revocations.in_force("two") == ("True", "Published"), 15, "the pending one published")
+    wait_until(lambda: policies.condition("api", "RevocationsPublished") == "True", 15, "RevocationsPublished=True")
+
+    # Withdrawing a revocation (deleting it) removes its key.
+    revocations.delete("alice")
+    wait_until(lambda: not store.exists(subject_key), 10, "the withdrawn entry's key gone")
+    assert store.exists(jti_key)
+
+
+# ---------------------------------------------------------------- end to end: sidecar + verifier
+
+
+def test_the_verifier_refuses_a_revoked_token_and_accepts_the_others_through_a_rotation(kubeconfig, policies, revocations, tmp_path):
+    from signing_key_operator.verify import RevokedToken, Verifier
+
+    from .harness import free_port, terminate
+
+    ns = policies.namespace
+    policies.create("api", FAST_SPEC)
+    first = policies.wait_ready("api")["status"]["activeKid"]
+    port = free_port()
+    with open(tmp_path / "sidecar.log", "wb") as log:
+        sidecar = subprocess.Popen(
+            [sys.executable, "-m", "signing_key_operator", "serve", "--kubeconfig", str(kubeconfig),
+             "--configmap", f"{ns}/api-jwks", "--revocations-configmap", f"{ns}/api-revocations",
+             "--host", "127.0.0.1", "--port", str(port), "--shutdown-delay", "0"],
+            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        verifier = Verifier(f"{base}/.well-known/jwks.json", revocations_url=f"{base}/revocations.json",
+                            leeway=SKEW, unknown_kid_cooldown=1)
+        now = int(time.time())
+        stolen = _sign(policies, "api", {"sub": "alice", "jti": "stolen", "iat": now, "exp": now + LIFETIME})
+        kept = _sign(policies, "api", {"sub": "alice", "jti": "kept", "iat": now, "exp": now + LIFETIME})
+        wait_until(lambda: _accepts(verifier, stolen), 15, "the sidecar to serve and the token to verify")
+        revocations.create("stolen", {"policyName": "api", "jti": "stolen",
+                                      "expiresAt": _iso(datetime.fromtimestamp(now + LIFETIME, timezone.utc))})
+        # Refused within the document's max-age (2 s) of its publication; the other token is not.
+        wait_until(lambda: _refused_as_revoked(verifier, stolen, RevokedToken), 8, "the revoked token refused")
+        verifier.verify(kept)
+
+        # Fresh tokens from whatever key signs, verified without a failure through a rotation.
+        kids, verified, deadline = set(), 0, time.monotonic() + 30
+        while time.monotonic() < deadline and len(kids) < 2:
+            signing = policies.secret_data("api-signing")
+            kid = signing["kid"].decode()
+            issued = int(time.time())
+            token = _sign(policies, "api", {"sub": "bob", "jti": uuid.uuid4().hex, "iat": issued, "exp": issued + LIFETIME})
+            assert verifier.verify(token)["sub"] == "bob"
+            kids.add(kid)
+            verified += 1
+            time.sleep(0.3)
+        assert len(kids) == 2 and first in kids, f"no rotation seen in 30 s ({verified} tokens verified)"
+    finally:
+        terminate(sidecar, grace=10)
+
+
+def _accepts(verifier, token) -> bool:
+    from signing_key_operator.verify import TokenRejected
+
+    try:
+        verifier.verify(token)
+        return True
+    except TokenRejected:
+        return False
+
+
+def _refused_as_revoked(verifier, token, revoked) -> bool:
+    try:
+        verifier.verify(token)
+    except revoked:
+        return True
+    return False
