@@ -79,7 +79,8 @@ class Reconciler:
         self.key_factory = key_factory
         self._reported: dict[tuple[str, str], str] = {}
         self.revocations = RevocationPublisher(
-            api, RedisMirror(), clock, redis_resync=settings.redis_resync, redis_retry=settings.error_backoff_initial * 4
+            api, RedisMirror(), clock, redis_resync=settings.redis_resync, redis_retry=settings.error_backoff_initial * 4,
+            document_limit=settings.revocation_document_limit,
         )
 
     async def reconcile(self, policy: dict[str, Any]) -> Outcome:

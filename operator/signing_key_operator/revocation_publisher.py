@@ -22,7 +22,6 @@ from typing import Any
 
 from .core.planner import PlanEvent
 from .core.revocations import (
-    MAX_CONFIGMAP_BYTES,
     Compiled,
     InvalidRevocationDocument,
     RedisLayout,
@@ -69,8 +68,12 @@ class _Verdict:
 
 
 class RevocationPublisher:
-    def __init__(self, api: KubeApi, mirror: RedisMirror, clock: Callable[[], datetime], redis_resync: timedelta, redis_retry: timedelta):
+    def __init__(
+        self, api: KubeApi, mirror: RedisMirror, clock: Callable[[], datetime], *,
+        redis_resync: timedelta, redis_retry: timedelta, document_limit: int,
+    ):
         self.api = api
+        self.document_limit = document_limit
         self.mirror = mirror
         self.clock = clock
         self.redis_resync = redis_resync
@@ -98,10 +101,10 @@ class RevocationPublisher:
         size = len(body) + len(str(max_age))
         problem: tuple[str, str] | None = None  # (reason, message) for entries not published
         served = compiled.document
-        if size > MAX_CONFIGMAP_BYTES:
+        if size > self.document_limit:
             served = await self._stored_document(namespace, spec)
             problem = ("DocumentFull", (
-                f"{where} would hold {len(compiled.entries)} entries in {size} bytes, over the 1 MiB ConfigMap limit; "
+                f"{where} would hold {len(compiled.entries)} entries in {size} bytes, over the limit of {self.document_limit}; "
                 f"it keeps the {len(served)} entries it has. Set spec.revocation.backend: Redis on SigningKeyPolicy {name}"
             ))
             if self._reported_full.get(uid) != len(compiled.entries):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from .core.revocations import MAX_CONFIGMAP_BYTES
+
 
 @dataclass(frozen=True)
 class OperatorSettings:
@@ -55,5 +57,15 @@ class OperatorSettings:
     digest key). Redis without persistence forgets everything on a restart; the entries come
     back from the TokenRevocations within this long (plus one reconcile)."""
 
+    revocation_document_limit: int = MAX_CONFIGMAP_BYTES
+    """Largest revocation ConfigMap (document plus max-age) the operator writes. 1 MiB is what
+    the API server accepts; a cluster admin may set less, since every watcher of the ConfigMap
+    (each JWKS server replica) receives the whole object on every change. Beyond it the stored
+    document is kept and the policy says to use the Redis backend."""
+
     extra_labels: dict[str, str] = field(default_factory=dict)
     """Labels added to every object the operator creates (e.g. a team or cost-centre label)."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.revocation_document_limit <= MAX_CONFIGMAP_BYTES:
+            raise ValueError(f"revocation_document_limit must be 1..{MAX_CONFIGMAP_BYTES} bytes (the API server's ConfigMap limit)")

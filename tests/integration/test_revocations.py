@@ -306,3 +306,46 @@ def _refused_as_revoked(verifier, token, revoked) -> bool:
     except revoked:
         return True
     return False
+
+
+# ---------------------------------------------------------------- a full document
+
+
+def test_at_the_document_limit_nothing_is_dropped_and_the_policy_says_to_use_redis(api_client, kubeconfig, tmp_path):
+    """The limit is 1 MiB in production (bench/revocation_bench.py capacity fills it for real);
+    here an operator of its own is given a 300-byte limit so a few entries fill it."""
+    from kubernetes import client
+
+    from .harness import OperatorProcess
+
+    namespace = f"solo-{uuid.uuid4().hex[:8]}"
+    core = client.CoreV1Api(api_client)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    process = OperatorProcess(kubeconfig, tmp_path / "operator.log",
+                              extra_args=["--namespace", namespace, "--revocation-document-limit", "300"]).start()
+    try:
+        policies, revocations = Policies(api_client, namespace), Revocations(api_client, namespace)
+        policies.create("api", FAST_SPEC)
+        policies.wait_ready("api")
+        expires = _iso(_now() + timedelta(hours=1))
+        for n in range(4):  # each entry adds some 60 bytes to the 41 of the empty document
+            revocations.create(f"r{n}", {"policyName": "api", "jti": f"jti-number-{n:040d}", "expiresAt": expires})
+            if n < 3:
+                wait_until(lambda n=n: revocations.in_force(f"r{n}") == ("True", "Published"), 10, f"r{n} published")
+        wait_until(lambda: revocations.in_force("r3") == ("False", "DocumentFull"), 10, "r3 marked DocumentFull")
+        # What was published stays published; the policy tells the user what to do.
+        assert sorted(revocations.document("api-revocations")["jti"]) == [f"jti-number-{n:040d}" for n in range(3)]
+        assert [revocations.in_force(f"r{n}") for n in range(3)] == [("True", "Published")] * 3
+        wait_until(lambda: policies.condition("api", "RevocationsPublished") == "False", 10, "RevocationsPublished=False")
+        condition = next(c for c in policies.get("api")["status"]["conditions"] if c["type"] == "RevocationsPublished")
+        assert condition["reason"] == "DocumentFull" and "backend: Redis" in condition["message"]
+        wait_until(lambda: "RevocationsTooLarge" in policies.event_reasons("api"), 10, "a RevocationsTooLarge Event")
+        wait_until(lambda: "RevocationNotPublished" in revocations.event_reasons("r3"), 10, "an Event on r3")
+        # Room again (one withdrawn): the pending entry is published.
+        revocations.delete("r0")
+        wait_until(lambda: revocations.in_force("r3") == ("True", "Published"), 10, "r3 published once there is room")
+        wait_until(lambda: policies.condition("api", "RevocationsPublished") == "True", 10, "RevocationsPublished=True")
+        assert process.process.poll() is None
+    finally:
+        process.stop()
+        core.delete_namespace(namespace)
