@@ -38,14 +38,27 @@ SOURCES: dict[str, tuple[str, ...]] = {
     "node": ("package.json", "package-lock.json", "verify.mjs"),
     "java": ("pom.xml", "src/main/java/dev/signingkeys/conformance/Verifier.java"),
     "go": ("go.mod", "go.sum", "main.go"),
+    # Not a JWKS client of the rotation run: the Spring Security revocation example, built from
+    # examples/spring-revocation (SOURCE_ROOTS) and driven by test_spring_revocation.py.
+    "spring-revocation": (
+        "pom.xml",
+        "src/main/java/dev/signingkeys/examples/revocation/Main.java",
+        "src/main/java/dev/signingkeys/examples/revocation/ResourceServerConfig.java",
+        "src/main/java/dev/signingkeys/examples/revocation/RevocationList.java",
+        "src/main/java/dev/signingkeys/examples/revocation/RevocationListUnavailableException.java",
+        "src/main/java/dev/signingkeys/examples/revocation/RevocationValidator.java",
+    ),
 }
+
+# Where a build's sources live when not under verifiers/<lang>/.
+SOURCE_ROOTS: dict[str, Path] = {"spring-revocation": HERE.parents[1] / "examples" / "spring-revocation"}
 
 
 def source_hash(lang: str) -> str:
     """sha256 over ``<sha256 of file>  <path>`` lines, as ``sha256sum`` prints them."""
     lines = []
     for relative in sorted(SOURCES[lang]):
-        digest = hashlib.sha256((VERIFIERS_DIR / lang / relative).read_bytes()).hexdigest()
+        digest = hashlib.sha256((SOURCE_ROOTS.get(lang, VERIFIERS_DIR / lang) / relative).read_bytes()).hexdigest()
         lines.append(f"{digest}  {relative}\n")
     return hashlib.sha256("".join(lines).encode()).hexdigest()[:16]
 

@@ -4,6 +4,7 @@
 #   node    jose (npm, `npm ci` from the committed package-lock.json)
 #   java    Nimbus JOSE+JWT and Spring Security (Maven Central, `mvn -q package`)
 #   go      keyfunc + golang-jwt (Go module proxy, go.mod/go.sum)
+# and the Spring Security revocation example, examples/spring-revocation (Maven Central).
 # Each build lives outside the repo, under
 #   ${SKO_CACHE_DIR:-$HOME/.cache/signing-key-operator}/conformance/<lang>-<hash>/
 # keyed by a hash of its sources and lock files (tests/conformance/clients.py computes it), so
@@ -72,8 +73,18 @@ build_go() {
   ( cd "$src" && GOFLAGS="${GOFLAGS:-} -mod=readonly" go build -trimpath -o "$out/goverifier" . )
 }
 
+# The Spring Security revocation example (test_spring_revocation.py): its sources are in
+# examples/spring-revocation, not under verifiers/, so the first argument is not used.
+build_spring_revocation() {
+  local src="$here/../../examples/spring-revocation" out="$2"
+  cp -r "$src/pom.xml" "$src/src" "$out/"
+  mvn -q -B -ntp package >"$out/mvn.log" 2>&1 || { cat "$out/mvn.log" >&2; return 1; }
+  [[ -f "$out/target/spring-revocation.jar" ]] || die "mvn package made no target/spring-revocation.jar"
+}
+
 build python "python (PyJWT)" build_python
 build node "node (jose)" build_node
 build java "java (Nimbus JOSE+JWT, Spring Security)" build_java
 build go "go (keyfunc + golang-jwt)" build_go
+build spring-revocation "spring-revocation (examples/spring-revocation, Spring Security)" build_spring_revocation
 say "ready in $((SECONDS - started))s"
