@@ -29,6 +29,7 @@ DEFAULTS = {
     "clockSkew": "1m",
     "jwks": {"maxAge": "60s"},
     "suspend": False,
+    "revocation": {"backend": "ConfigMap"},
 }
 
 
@@ -78,6 +79,12 @@ def test_full_policy_is_stored_as_written(objects, namespace):
         "signingSecretName": "api-tokens-signing",
         "jwksConfigMapName": "api-tokens.jwks",
         "suspend": True,
+        "revocation": {
+            "backend": "Redis",
+            "configMapName": "api-tokens.revoked",
+            "redis": {"url": "rediss://redis.auth.svc:6380/2", "keyPrefix": "tokens:",
+                      "passwordSecretRef": {"name": "redis-auth", "key": "pw"}},
+        },
     }
     created = _create(objects, namespace, "full", spec)
     assert created["spec"] == spec
@@ -108,7 +115,7 @@ def test_second_scale_timeline_is_accepted(objects, namespace):
         "tokenLifetime": "20s",
         "clockSkew": "0s",
     }
-    assert _create(objects, namespace, "fast", spec)["spec"] == {**spec, "suspend": False}
+    assert _create(objects, namespace, "fast", spec)["spec"] == {**spec, "suspend": False, "revocation": {"backend": "ConfigMap"}}
 
 
 @pytest.mark.parametrize(
@@ -173,6 +180,12 @@ BAD_SPECS = [
     ("signing-secret-name-254-chars", {"signingSecretName": "a" * 254}, "spec.signingSecretName", "Too long"),
     ("jwks-configmap-name-empty", {"jwksConfigMapName": ""}, "spec.jwksConfigMapName", "at least 1 chars"),
     ("jwks-configmap-name-with-slash", {"jwksConfigMapName": "ns/jwks"}, "spec.jwksConfigMapName", "should match"),
+    ("revocation-backend-unknown", {"revocation": {"backend": "Memcached"}}, "spec.revocation.backend", "supported values"),
+    ("redis-backend-without-redis", {"revocation": {"backend": "Redis"}}, "spec.revocation.redis", "redis.url is required"),
+    ("redis-url-with-password", {"revocation": {"backend": "Redis", "redis": {"url": "redis://:pw@redis:6379"}}},
+     "spec.revocation.redis.url", "should match"),
+    ("redis-url-not-redis", {"revocation": {"backend": "Redis", "redis": {"url": "http://redis:6379"}}},
+     "spec.revocation.redis.url", "should match"),
     ("suspend-as-string", {"suspend": "yes"}, "spec.suspend", "must be of type boolean"),
     ("rotation-as-string", {"rotation": "720h"}, "spec.rotation", "must be of type object"),
 ]

@@ -106,8 +106,9 @@ class DevCluster:
             return None
         return ClusterState(**json.loads(path.read_text()))
 
-    def running(self) -> dict[str, bool]:
-        state = self.state()
+    def running(self, state: ClusterState | None = None) -> dict[str, bool]:
+        """Which processes of `state` (default: the saved state) still run."""
+        state = state or self.state()
         if state is None:
             return {}
         return {
@@ -164,6 +165,7 @@ class DevCluster:
             state.controller_manager_pid = self._start_controller_manager(binaries, state)
             self._save(state)
         except BaseException:
+            self._save(state)  # what was started, even if the state file went missing meanwhile
             self.down()
             raise
         _say(f"kube-apiserver {state.kubernetes_version} ready at {state.server} in {time.time() - started:.1f}s")
@@ -178,7 +180,7 @@ class DevCluster:
                         return
             except (urllib.error.URLError, OSError):
                 pass
-            if not self.running().get(name):
+            if not self.running(state).get(name):
                 raise StartupError(f"{name} exited during start-up:\n{self._log_tail(name)}")
             time.sleep(0.1)
         raise StartupError(f"{name} not healthy after {timeout:.0f}s:\n{self._log_tail(name)}")
@@ -294,7 +296,7 @@ class DevCluster:
         while time.monotonic() < deadline:
             if self.ready():
                 return
-            running = self.running()
+            running = self.running(state)
             dead = [name for name, alive in running.items() if not alive and name != "kube-controller-manager"]
             if dead:
                 tails = "\n".join(f"--- {name}:\n{self._log_tail(name)}" for name in dead)
