@@ -707,9 +707,12 @@ class Timeline:
                 assert self.activations_per_request[record.rotate_request] == 1
             if record.state is KeyState.REVOKED:
                 self.ever_revoked.add(record.kid)
-            if record.state is KeyState.RETIRED:
+            if record.state is KeyState.RETIRED and record.removal_due is not None:
+                # The retention a stored record promises never shrinks. What the spec asked for
+                # during a reconcile that crashed before writing the record was never promised
+                # (the operator may never have seen it); the current spec's is checked in check().
                 previous = self.required_retention.get(record.kid, timedelta(0))
-                self.required_retention[record.kid] = max(previous, self.spec.retention)
+                self.required_retention[record.kid] = max(previous, record.removal_due - record.retired)
 
     def check(self, before: tuple[KeyRecord, ...], result: Plan) -> None:
         spec, now = self.spec, self.now
