@@ -23,14 +23,12 @@ from typing import Any
 from .core.planner import PlanEvent
 from .core.revocations import (
     Compiled,
-    InvalidRevocationDocument,
     RedisLayout,
     Revocation,
     RevocationDocument,
     RevocationError,
     compile_revocations,
     parse_revocation,
-    parse_revocation_document,
 )
 from .core.spec import PolicySpec
 from .k8s import objects
@@ -88,38 +86,41 @@ class RevocationPublisher:
         invalid: dict[str, str] = {}
         for item in items:
             try:
-                parsed[item["metadata"]["name"]] = parse_revocation(item["metadata"]["name"], item.get("spec"))
+                created = item["metadata"].get("creationTimestamp")
+                parsed[item["metadata"]["name"]] = parse_revocation(
+                    item["metadata"]["name"], item.get("spec"), objects.parse_time(created) if created else None
+                )
             except RevocationError as error:
                 invalid[item["metadata"]["name"]] = str(error)
         now = self.clock()
+        max_age = int(spec.jwks_max_age.total_seconds())
         compiled = compile_revocations(
-            parsed.values(), token_lifetime=spec.token_lifetime, clock_skew=spec.clock_skew, now=now, backend=spec.revocation_backend
+            parsed.values(), token_lifetime=spec.token_lifetime, clock_skew=spec.clock_skew, now=now,
+            backend=spec.revocation_backend, max_document_bytes=self.document_limit - len(str(max_age)),
         )
         where = f"ConfigMap {spec.revocation_config_map_name}"
         body = compiled.document.render()
-        max_age = int(spec.jwks_max_age.total_seconds())
-        size = len(body) + len(str(max_age))
         problem: tuple[str, str] | None = None  # (reason, message) for entries not published
-        served = compiled.document
-        if size > self.document_limit:
-            served = await self._stored_document(namespace, spec)
+        if compiled.left_out:
             problem = ("DocumentFull", (
-                f"{where} would hold {len(compiled.entries)} entries in {size} bytes, over the limit of {self.document_limit}; "
-                f"it keeps the {len(served)} entries it has. Set spec.revocation.backend: Redis on SigningKeyPolicy {name}"
+                f"{where} holds the {len(compiled.document)} oldest entries in {len(body)} bytes; {len(compiled.left_out)} more "
+                f"would pass the limit of {self.document_limit} bytes. Set spec.revocation.backend: Redis on "
+                f"SigningKeyPolicy {name}"
             ))
-            if self._reported_full.get(uid) != len(compiled.entries):
-                self._reported_full[uid] = len(compiled.entries)
+            if self._reported_full.get(uid) != len(compiled.left_out):
+                self._reported_full[uid] = len(compiled.left_out)
                 policy_events.append(PlanEvent("Warning", "RevocationsTooLarge", problem[1]))
         else:
             self._reported_full.pop(uid, None)
-            desired = objects.published_configmap(policy, spec.revocation_config_map_name, "revocations", REVOCATIONS_FILE, body, max_age)
-            current = await self.api.get(CONFIGMAPS, namespace, spec.revocation_config_map_name)
-            if not objects.configmap_is_current(current, desired):
-                if current is None:
-                    await write("ConfigMap", self.api.create(CONFIGMAPS, namespace, desired))
-                else:
-                    desired["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-                    await write("ConfigMap", self.api.replace(CONFIGMAPS, namespace, desired))
+        served = compiled.document
+        desired = objects.published_configmap(policy, spec.revocation_config_map_name, "revocations", REVOCATIONS_FILE, body, max_age)
+        current = await self.api.get(CONFIGMAPS, namespace, spec.revocation_config_map_name)
+        if not objects.configmap_is_current(current, desired):
+            if current is None:
+                await write("ConfigMap", self.api.create(CONFIGMAPS, namespace, desired))
+            else:
+                desired["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+                await write("ConfigMap", self.api.replace(CONFIGMAPS, namespace, desired))
 
         wakeups = [compiled.next_expiry]
         if spec.revocation_backend == "Redis" and problem is None:
@@ -155,13 +156,6 @@ class RevocationPublisher:
             "documentBytes": len(body),
         }
         return Published(status, condition, min((w for w in wakeups if w is not None), default=None))
-
-    async def _stored_document(self, namespace: str, spec: PolicySpec) -> RevocationDocument:
-        current = await self.api.get(CONFIGMAPS, namespace, spec.revocation_config_map_name)
-        try:
-            return parse_revocation_document(((current or {}).get("data") or {}).get(REVOCATIONS_FILE, ""))
-        except InvalidRevocationDocument:
-            return RevocationDocument()
 
     async def _redis_password(self, namespace: str, spec: PolicySpec) -> str | None:
         assert spec.redis is not None

@@ -150,3 +150,21 @@ def test_redis_layout_names_one_key_per_entry_under_the_policy_prefix():
     assert layout.revokes({"jti": "j"}, "123", None)
     assert layout.revokes({"sub": "alice", "iat": 5}, None, "10")
     assert layout.revokes({"sub": "alice", "iat": 10}, None, "10") is None
+
+
+def test_a_full_document_keeps_the_oldest_entries_that_fit_and_names_the_rest():
+    revocations = [
+        Revocation(f"r{n}", "p", jti=f"jti-{n:03d}", expires_at=NOW + timedelta(minutes=5), created=NOW - timedelta(seconds=100 - n))
+        for n in range(50)
+    ]
+    whole = compile_at(revocations)
+    limit = len(whole.document.render()) // 2
+    half = compile_revocations(revocations, token_lifetime=LIFETIME, clock_skew=SKEW, now=NOW, max_document_bytes=limit)
+    kept = sorted(half.document.jti)
+    assert len(half.document.render()) <= limit
+    assert kept == [f"jti-{n:03d}" for n in range(len(kept))]  # the oldest
+    assert [r.jti for r in half.left_out] == [f"jti-{n:03d}" for n in range(len(kept), 50)]
+    # One more entry would not have fitted: the document is as full as it can be.
+    one_more = RevocationDocument(jti={**half.document.jti, half.left_out[0].jti: 1795000000})
+    assert len(one_more.render()) > limit
+    assert half.entries == whole.entries  # Redis would get them all

@@ -98,6 +98,8 @@ class Revocation:
     subject: str | None = None
     issued_before: datetime | None = None
     reason: str = ""
+    created: datetime | None = None
+    """When the TokenRevocation was created: when a document is full, the oldest stay in it."""
 
     def until(self, token_lifetime: timedelta, clock_skew: timedelta) -> datetime:
         """When the entry stops mattering: no verifier accepts the token(s) after this."""
@@ -115,7 +117,7 @@ class Revocation:
         return f"subject {self.subject} (tokens issued before {_iso(self.issued_before)})"
 
 
-def parse_revocation(name: str, spec: Mapping[str, Any] | None) -> Revocation:
+def parse_revocation(name: str, spec: Mapping[str, Any] | None, created: datetime | None = None) -> Revocation:
     """Parse a TokenRevocation's ``spec``; errors name the field as the CRD rules do."""
     if not isinstance(spec, Mapping):
         raise RevocationError("spec", "must be an object")
@@ -132,11 +134,11 @@ def parse_revocation(name: str, spec: Mapping[str, Any] | None) -> Revocation:
         if not isinstance(jti, str) or not JTI_PATTERN.match(jti):
             raise RevocationError("spec.jti", "must be 1 to 256 printable ASCII characters without spaces")
         expires_at = _time("spec.expiresAt", spec.get("expiresAt"), "the token's exp claim, so the entry can expire with it")
-        return Revocation(name, policy, jti=jti, expires_at=expires_at, reason=reason)
+        return Revocation(name, policy, jti=jti, expires_at=expires_at, reason=reason, created=created)
     if not isinstance(subject, str) or not subject or len(subject) > MAX_SUBJECT_LENGTH:
         raise RevocationError("spec.subject", f"must be a string of 1 to {MAX_SUBJECT_LENGTH} characters")
     issued_before = _time("spec.issuedBefore", spec.get("issuedBefore"), "tokens of the subject issued before this moment are revoked")
-    return Revocation(name, policy, subject=subject, issued_before=issued_before, reason=reason)
+    return Revocation(name, policy, subject=subject, issued_before=issued_before, reason=reason, created=created)
 
 
 @dataclass(frozen=True)
@@ -226,25 +228,53 @@ class Compiled:
     expired: tuple[tuple[Revocation, datetime], ...]
     """Entries past their end: pruned from the document (and from Redis by its TTL)."""
     document: RevocationDocument
-    """The full denylist of the entries in force (empty maps for the Redis backend)."""
+    """The denylist of the entries in force (empty maps for the Redis backend); with a size
+    limit, of the oldest entries that fit."""
     entries: RevocationDocument
     """The same entries whatever the backend: what is mirrored into Redis."""
     next_expiry: datetime | None
     """When the next entry ends: the operator wakes then to prune it."""
+    left_out: tuple[Revocation, ...] = ()
+    """Entries in force that did not fit in ``document`` (the newest ones)."""
 
 
 def compile_revocations(
-    revocations: Iterable[Revocation], *, token_lifetime: timedelta, clock_skew: timedelta, now: datetime, backend: str = "ConfigMap"
+    revocations: Iterable[Revocation], *, token_lifetime: timedelta, clock_skew: timedelta, now: datetime,
+    backend: str = "ConfigMap", max_document_bytes: int | None = None,
 ) -> Compiled:
+    """``max_document_bytes``: with the ConfigMap backend, the document holds the oldest entries
+    (by creation) that fit and the rest are ``left_out``: a full document still protects
+    against everything it can, and says exactly what it could not take."""
     in_force, expired = [], []
-    jti: dict[str, int] = {}
-    sub: dict[str, SubjectEntry] = {}
     for revocation in sorted(revocations, key=lambda r: r.name):
         until = revocation.until(token_lifetime, clock_skew)
-        if until <= now:
-            expired.append((revocation, until))
-            continue
-        in_force.append((revocation, until))
+        (expired if until <= now else in_force).append((revocation, until))
+    entries = _entries(in_force)
+    next_expiry = min((until for _, until in in_force), default=None)
+    if backend != "ConfigMap":
+        return Compiled(tuple(in_force), tuple(expired), RevocationDocument(backend="redis"), entries, next_expiry)
+    if max_document_bytes is None or len(entries.render()) <= max_document_bytes:
+        return Compiled(tuple(in_force), tuple(expired), entries, entries, next_expiry)
+    oldest_first = sorted(in_force, key=lambda pair: (pair[0].created or _EPOCH, pair[0].name))
+    fits, too_many = 0, len(oldest_first)  # the largest prefix that fits, by bisection
+    while fits + 1 < too_many:
+        middle = (fits + too_many) // 2
+        if len(_entries(oldest_first[:middle]).render()) <= max_document_bytes:
+            fits = middle
+        else:
+            too_many = middle
+    document = _entries(oldest_first[:fits])
+    left_out = tuple(revocation for revocation, _ in oldest_first[fits:])
+    return Compiled(tuple(in_force), tuple(expired), document, entries, next_expiry, left_out)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _entries(in_force: Iterable[tuple[Revocation, datetime]]) -> RevocationDocument:
+    jti: dict[str, int] = {}
+    sub: dict[str, SubjectEntry] = {}
+    for revocation, until in in_force:
         end = _seconds_up(until)
         if revocation.jti is not None:
             jti[revocation.jti] = max(end, jti.get(revocation.jti, 0))
@@ -255,10 +285,7 @@ def compile_revocations(
             if known is not None:
                 before, end = max(before, known.issued_before), max(end, known.until)
             sub[revocation.subject] = SubjectEntry(before, end)
-    entries = RevocationDocument(MappingProxyType(dict(sorted(jti.items()))), MappingProxyType(dict(sorted(sub.items()))))
-    document = entries if backend == "ConfigMap" else RevocationDocument(backend="redis")
-    next_expiry = min((until for _, until in in_force), default=None)
-    return Compiled(tuple(in_force), tuple(expired), document, entries, next_expiry)
+    return RevocationDocument(MappingProxyType(dict(sorted(jti.items()))), MappingProxyType(dict(sorted(sub.items()))))
 
 
 @dataclass(frozen=True)
