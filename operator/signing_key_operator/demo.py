@@ -8,6 +8,7 @@ publishAhead later. `dev-cluster down` stops everything it started.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -21,6 +22,8 @@ from pathlib import Path
 
 from .devcluster.cluster import DevCluster
 from .devcluster.crd import CRD_DIR, install_crds
+from .revoke_cli import revoke
+from .verify import RevokedToken, Verifier
 
 DEMO_NAMESPACE = "demo"
 DEMO_POLICY = "demo-tokens"
@@ -161,7 +164,7 @@ def run_demo(directory: Path) -> int:
     _say(f"starting the JWKS sidecar (watch mode, log: {cluster.logs / 'sidecar.log'})")
     _start_background(cluster, "sidecar", [
         sys.executable, "-m", "signing_key_operator", "serve", "--configmap", f"{DEMO_NAMESPACE}/{DEMO_POLICY}-jwks",
-        "--kubeconfig", kubeconfig, "--host", "127.0.0.1", "--port", str(sidecar_port),
+        "--revocations-configmap", f"{DEMO_NAMESPACE}/{DEMO_POLICY}-revocations", "--kubeconfig", kubeconfig, "--host", "127.0.0.1", "--port", str(sidecar_port),
         "--issuer", f"http://127.0.0.1:{sidecar_port}",
     ])
     kids, etag = _wait(lambda: (lambda served: served if served[0] else None)(_served(url)), 30, "the sidecar to serve the JWKS")
@@ -176,24 +179,59 @@ def run_demo(directory: Path) -> int:
     new_kid = next(kid for kid in kids if kid != active)
     _say(f"+{time.monotonic() - requested:.1f}s new key {new_kid} is served (published, not signing yet): kids {kids}")
 
-    def signing_kid():
+    def signing_secret() -> dict[str, str]:
         secret = core.read_namespaced_secret(f"{DEMO_POLICY}-signing", DEMO_NAMESPACE)
-        import base64
+        return {key: base64.b64decode(value).decode() for key, value in secret.data.items()}
 
-        return base64.b64decode(secret.data["kid"]).decode()
-
-    _wait(lambda: signing_kid() == new_kid, 60, "the new key to start signing")
+    _wait(lambda: signing_secret()["kid"] == new_kid, 60, "the new key to start signing")
     _say(f"+{time.monotonic() - requested:.1f}s key {new_kid} now signs (Secret {DEMO_POLICY}-signing); "
          f"the old key {active} stays served for its tokens' lifetime")
+
+    token = _sign_demo_token(signing_secret())
+    base = f"http://127.0.0.1:{sidecar_port}"
+    verifier = Verifier(f"{base}/.well-known/jwks.json", revocations_url=f"{base}/revocations.json")
+    _say(f"a token signed with {new_kid} verifies: sub={verifier.verify(token)['sub']}")
+    _say("revoking it: signing-key-operator revoke-token -n "
+         f"{DEMO_NAMESPACE} --policy {DEMO_POLICY} --reason demo <token>")
+    _say(revoke(api, DEMO_NAMESPACE, DEMO_POLICY, token, reason="demo"))
+    revoked = time.monotonic()
+    _wait(lambda: "demo-token" in json.loads(urllib.request.urlopen(f"{base}/revocations.json", timeout=5).read())["jti"],
+          30, "the revocation to be served")
+    _say(f"+{time.monotonic() - revoked:.1f}s {base}/revocations.json lists jti demo-token")
+
+    def refusal() -> str | None:
+        try:
+            verifier.verify(token)
+        except RevokedToken as error:
+            return str(error)
+        return None
+
+    reason = _wait(refusal, 30, "the verifier to refuse the token")
+    _say(f"+{time.monotonic() - revoked:.1f}s the verifier refuses it ({reason}) once its cached copy is older than "
+         "max-age; until the token would have expired anyway")
     print(f"""
 The demo keeps running. Try:
   curl -si {url}
   curl -s http://127.0.0.1:{sidecar_port}/.well-known/openid-configuration
+  curl -s http://127.0.0.1:{sidecar_port}/revocations.json
   export KUBECONFIG={kubeconfig}
   .venv/bin/kubectl get skp -n {DEMO_NAMESPACE}
   .venv/bin/kubectl describe skp -n {DEMO_NAMESPACE} {DEMO_POLICY}
+  .venv/bin/kubectl get tokenrevocations -n {DEMO_NAMESPACE}
   .venv/bin/kubectl annotate skp -n {DEMO_NAMESPACE} {DEMO_POLICY} signingkeys.dev/rotate="$(date -u +%FT%TZ)" --overwrite
   .venv/bin/kubectl annotate skp -n {DEMO_NAMESPACE} {DEMO_POLICY} signingkeys.dev/revoke-kid={new_kid} --overwrite
 Stop everything with: make down
 """, flush=True)
     return 0
+
+
+def _sign_demo_token(signing: dict[str, str]) -> str:
+    """A token as an app mounting the signing Secret makes it (jti demo-token, the policy's 1 m)."""
+    from joserfc import jwt
+    from joserfc.jwk import import_key
+
+    now = int(time.time())
+    key_type = {"ES": "EC", "RS": "RSA", "PS": "RSA", "Ed": "OKP"}[signing["alg"][:2]]
+    key = import_key(signing["private.pem"], key_type)
+    claims = {"sub": "demo-user", "jti": "demo-token", "iat": now, "exp": now + 60}
+    return jwt.encode({"alg": signing["alg"], "kid": signing["kid"]}, claims, key, algorithms=[signing["alg"]])
