@@ -105,8 +105,9 @@ class PolicyRunner:
         self.clock = clock
         self.reconciler = Reconciler(api, settings, metrics, clock)
         self.loops: dict[tuple[str, str], PolicyLoop] = {}
-        self.orphans: dict[tuple[str, str], str | None] = {}
-        """TokenRevocations already marked PolicyNotFound, by (uid, _) -> resourceVersion."""
+        self.background: set[asyncio.Task] = set()
+        self.orphans: dict[str, str | None] = {}
+        """TokenRevocations already marked PolicyNotFound: uid -> the resourceVersion marked."""
 
     def policy_changed(self, body: dict[str, Any]) -> None:
         key = body["metadata"]["namespace"], body["metadata"]["name"]
@@ -129,6 +130,20 @@ class PolicyRunner:
             loop.task.cancel()
         self.reconciler.forget(body["metadata"]["uid"])
         self.metrics.forget_policy(*key)
+        # Its TokenRevocations now revoke nothing: say so on each (no watch event will come).
+        task = asyncio.create_task(self._mark_orphans(*key), name=f"orphans of {key}")
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def _mark_orphans(self, namespace: str, policy_name: str) -> None:
+        try:
+            items = await self.api.list(REVOCATIONS, namespace)
+        except ApiError as error:
+            logger.warning("could not list the TokenRevocations of deleted policy %s/%s: %s", namespace, policy_name, error)
+            return
+        for item in items:
+            if (item.get("spec") or {}).get("policyName") == policy_name:
+                await self.revocation_changed(item, deleted=False)
 
     async def revocation_changed(self, body: dict[str, Any], deleted: bool) -> None:
         """A TokenRevocation changed: its policy's loop compiles the revocations again. One
@@ -140,10 +155,10 @@ class PolicyRunner:
             if deleted or not loop.is_own_write("TokenRevocation", body):
                 loop.wake.set()
             return
-        if deleted or not isinstance(policy_name, str):
+        if deleted:
+            self.orphans.pop(metadata["uid"], None)
             return
-        key = (metadata["uid"], "policy-not-found")
-        if self.orphans.get(key) == metadata.get("resourceVersion"):
+        if not isinstance(policy_name, str) or self.orphans.get(metadata["uid"]) == metadata.get("resourceVersion"):
             return
         try:
             if await self.api.get(POLICIES, metadata["namespace"], policy_name) is not None:
@@ -157,13 +172,13 @@ class PolicyRunner:
             status = body.get("status") or {}
             current = next((c for c in status.get("conditions") or [] if c.get("type") == "InForce"), {})
             if current.get("reason") == "PolicyNotFound" and status.get("inForce") is False:
-                self.orphans[key] = metadata.get("resourceVersion")
+                self.orphans[metadata["uid"]] = metadata.get("resourceVersion")
                 return
             written = await self.api.merge_patch(
                 REVOCATIONS, metadata["namespace"], metadata["name"],
                 {"status": {"inForce": False, "until": None, "conditions": [condition]}}, subresource="status",
             )
-            self.orphans[key] = written["metadata"]["resourceVersion"]
+            self.orphans[metadata["uid"]] = written["metadata"]["resourceVersion"]
             self.metrics.refused_inputs.labels("token-revocation").inc()
             kopf.event(reference(body), type="Warning", reason="PolicyNotFound", message=message)
             logger.warning("%s/%s PolicyNotFound: %s", metadata["namespace"], metadata["name"], message)
@@ -191,6 +206,8 @@ class PolicyRunner:
             log("TokenRevocation %s/%s %s: %s", target["metadata"]["namespace"], target["metadata"]["name"], event.reason, event.message)
 
     async def stop(self) -> None:
+        for task in self.background:
+            task.cancel()
         for loop in self.loops.values():
             loop.task.cancel()
         await asyncio.gather(*(loop.task for loop in self.loops.values()), return_exceptions=True)

@@ -126,10 +126,13 @@ def test_a_revocation_naming_a_missing_policy_is_marked_and_nothing_else_changes
     wait_until(lambda: revocations.in_force("orphan") == ("False", "PolicyNotFound"), 10, "PolicyNotFound")
     wait_until(lambda: "PolicyNotFound" in revocations.event_reasons("orphan"), 10, "a PolicyNotFound Event")
     assert revocations.document("api-revocations") == document
-    # The policy appearing later picks the revocation up.
+    # The policy appearing later picks the revocation up...
     policies.create("nope", FAST_SPEC)
     wait_until(lambda: revocations.in_force("orphan") == ("True", "Published"), 20, "published once the policy exists")
     assert list(revocations.document("nope-revocations")["jti"]) == ["x"]
+    # ...and its deletion leaves it marked again.
+    policies.delete("nope")
+    wait_until(lambda: revocations.in_force("orphan") == ("False", "PolicyNotFound"), 20, "PolicyNotFound after the deletion")
 
 
 def test_a_revocation_document_edited_by_hand_is_restored(policies, revocations):
