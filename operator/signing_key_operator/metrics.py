@@ -11,13 +11,15 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 
-class _KeyAgeCollector(Collector):
-    """Key age is computed at scrape time, so an idle policy costs nothing between scrapes."""
+class _PolicyCollector(Collector):
+    """Per-policy gauges, computed at scrape time (key age from the activation time), so an
+    idle policy costs nothing between scrapes."""
 
     def __init__(self, clock: Callable[[], float]):
         self._clock = clock
         self.activated: dict[tuple[str, str], float] = {}
         self.next_rotation: dict[tuple[str, str], float] = {}
+        self.revocations: dict[tuple[str, str], tuple[int, int]] = {}
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         now = self._clock()
@@ -35,14 +37,29 @@ class _KeyAgeCollector(Collector):
             age.add_metric([namespace, policy], now - activated)
         for (namespace, policy), when in self.next_rotation.items():
             due.add_metric([namespace, policy], when)
+        in_force = GaugeMetricFamily(
+            "signing_key_operator_revocations_in_force",
+            "TokenRevocations of a policy in force now (published or not).",
+            labels=["namespace", "policy"],
+        )
+        pending = GaugeMetricFamily(
+            "signing_key_operator_revocations_unpublished",
+            "TokenRevocations in force that verifiers cannot see yet (document full, Redis down): alert on > 0.",
+            labels=["namespace", "policy"],
+        )
+        for (namespace, policy), (count, unpublished) in self.revocations.items():
+            in_force.add_metric([namespace, policy], count)
+            pending.add_metric([namespace, policy], unpublished)
         yield age
         yield due
+        yield in_force
+        yield pending
 
 
 class OperatorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.time):
         self.registry = registry or CollectorRegistry()
-        self._keys = _KeyAgeCollector(clock)
+        self._keys = _PolicyCollector(clock)
         self.registry.register(self._keys)
         self.rotations = Counter(
             "signing_key_operator_rotations", "Changes of the signing key, by reason.",
@@ -74,5 +91,9 @@ class OperatorMetrics:
             else:
                 series[key] = value.timestamp()
 
+    def observe_revocations(self, namespace: str, policy: str, in_force: int, unpublished: int) -> None:
+        self._keys.revocations[(namespace, policy)] = (in_force, unpublished)
+
     def forget_policy(self, namespace: str, policy: str) -> None:
         self.observe_policy(namespace, policy, None, None)
+        self._keys.revocations.pop((namespace, policy), None)

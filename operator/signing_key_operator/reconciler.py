@@ -125,6 +125,7 @@ class Reconciler:
         revocations = await self.revocations.publish(
             policy, spec, lambda kind, call: self._write(outcome, kind, call), outcome.object_events, outcome.events
         )
+        self.metrics.observe_revocations(namespace, name, revocations.in_force, revocations.unpublished)
         stored, broken = await self._gather_keys(policy)
         if broken:
             # Invariant 7: report and leave in place. Writing around an unreadable key could

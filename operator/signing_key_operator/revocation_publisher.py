@@ -49,6 +49,9 @@ class Published:
     condition: tuple[str, str, str]
     """(status, reason, message) of the policy's RevocationsPublished condition."""
     next_wakeup: datetime | None
+    in_force: int = 0
+    unpublished: int = 0
+    """Entries in force that verifiers cannot see (document full, Redis unreachable)."""
 
 
 Write = Callable[[str, Awaitable[dict[str, Any]]], Awaitable[dict[str, Any]]]
@@ -144,8 +147,8 @@ class RevocationPublisher:
             verdict = _verdict(item_name, parsed.get(item_name), invalid.get(item_name), compiled, served, problem, where)
             await self._report(item, verdict, spec, write, events)
 
-        pending = problem is not None and any(not _is_served(r, served) for r, _ in compiled.in_force)
-        if pending:
+        unpublished = sum(1 for r, _ in compiled.in_force if not _is_served(r, served))
+        if problem is not None:
             condition = ("False", problem[0], problem[1])
         else:
             condition = ("True", "Published", f"{len(compiled.in_force)} revocation(s) in force, published in {where}")
@@ -155,7 +158,9 @@ class RevocationPublisher:
             "inForce": len(compiled.in_force),
             "documentBytes": len(body),
         }
-        return Published(status, condition, min((w for w in wakeups if w is not None), default=None))
+        return Published(
+            status, condition, min((w for w in wakeups if w is not None), default=None), len(compiled.in_force), unpublished
+        )
 
     async def _redis_password(self, namespace: str, spec: PolicySpec) -> str | None:
         assert spec.redis is not None

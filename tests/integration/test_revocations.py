@@ -344,6 +344,9 @@ def test_at_the_document_limit_nothing_is_dropped_and_the_policy_says_to_use_red
         assert condition["reason"] == "DocumentFull" and "backend: Redis" in condition["message"]
         wait_until(lambda: "RevocationsTooLarge" in policies.event_reasons("api"), 10, "a RevocationsTooLarge Event")
         wait_until(lambda: "RevocationNotPublished" in revocations.event_reasons("r3"), 10, "an Event on r3")
+        metrics = process.metrics()
+        assert f'signing_key_operator_revocations_unpublished{{namespace="{namespace}",policy="api"}} 1.0' in metrics
+        assert f'signing_key_operator_revocations_in_force{{namespace="{namespace}",policy="api"}} 4.0' in metrics
         # Room again (one withdrawn): the pending entry is published.
         revocations.delete("r0")
         wait_until(lambda: revocations.in_force("r3") == ("True", "Published"), 10, "r3 published once there is room")

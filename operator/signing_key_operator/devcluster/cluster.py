@@ -84,12 +84,22 @@ class ClusterState:
 
 
 def _process_is(pid: int, binary: str) -> bool:
-    """True when pid still runs `binary` (a recorded pid may have been reused by now)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return False
-    return cmdline == binary
+    """True when pid still runs `binary` (a recorded pid may have been reused by now).
+
+    Popen returns once the child's close-on-exec pipe closes, which the kernel does part-way
+    through execve, before the new command line is in place: for a moment /proc/PID/cmdline
+    reads empty. An empty command line of a process that is not a zombie is read again."""
+    for _ in range(50):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if cmdline:
+                return cmdline.split(b"\0")[0].decode() == binary
+            if "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text():
+                return False  # exited, not yet reaped
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            return False
+        time.sleep(0.02)
+    return False
 
 
 class DevCluster:

@@ -12,6 +12,10 @@ One ConfigMap per policy with:
   ``jwks.json`` in a mounted volume (what the file source reads; annotations are not projected
   into volumes).
 
+The revocation ConfigMap (``<policy>-revocations``, served at ``/revocations.json``) follows the
+same contract with the data key ``revocations.json``; each source reads one ConfigMap, so a
+sidecar serving both runs two sources of the same kind.
+
 The watch source prefers the annotation and falls back to the ``max-age`` data key. A value that
 is not a non-negative integer is ignored with a warning (the set itself is still applied: a bad
 max-age must never hold back a revocation). ``--max-age`` overrides both; 60 s if none is given.
