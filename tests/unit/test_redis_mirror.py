@@ -1,0 +1,68 @@
+"""redis_mirror.py against a real redis-server: incremental updates, the rebuild after Redis
+lost its data, withdrawn entries, expiry at each entry's end, and errors that name no password."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from signing_key_operator.core.revocations import RedisLayout, RevocationDocument, SubjectEntry
+from signing_key_operator.redis_mirror import RedisMirror, RedisUnavailable
+from tests.redis_fixture import redis_server  # noqa: F401 - fixture
+
+LAYOUT = RedisLayout.for_policy("auth", "api")
+SOON = int(time.time()) + 3600
+
+
+def document(jtis: dict[str, int], subjects: dict[str, SubjectEntry] | None = None) -> RevocationDocument:
+    return RevocationDocument(jti=jtis, sub=subjects or {})
+
+
+async def test_entries_expire_at_their_end_and_one_new_entry_costs_one_write(redis_server):  # noqa: F811
+    mirror, store = RedisMirror(), redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        first = document({"a": SOON, "b": SOON + 10}, {"alice": SubjectEntry(SOON - 3600, SOON + 60)})
+        assert await mirror.mirror("uid", redis_server.url, None, LAYOUT, first) == 3 + 1
+        assert store.expiretime(LAYOUT.jti_key("b")) == SOON + 10
+        assert store.get(LAYOUT.subject_key("alice")) == str(SOON - 3600)
+        assert store.expiretime(LAYOUT.subject_key("alice")) == SOON + 60
+        assert await mirror.mirror("uid", redis_server.url, None, LAYOUT, first) == 0  # unchanged: one GET
+        second = document({**first.jti, "c": SOON}, dict(first.sub))
+        assert await mirror.mirror("uid", redis_server.url, None, LAYOUT, second) == 1 + 1  # c, then the digest
+        withdrawn = document({"a": SOON, "c": SOON}, dict(first.sub))
+        await mirror.mirror("uid", redis_server.url, None, LAYOUT, withdrawn)
+        assert not store.exists(LAYOUT.jti_key("b")) and store.exists(LAYOUT.jti_key("c"))
+    finally:
+        await mirror.close()
+
+
+async def test_a_redis_that_lost_its_data_is_rebuilt_and_stale_keys_removed(redis_server):  # noqa: F811
+    mirror, store = RedisMirror(), redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        entries = document({"a": SOON, "b": SOON})
+        await mirror.mirror("uid", redis_server.url, None, LAYOUT, entries)
+        store.flushall()
+        store.set(LAYOUT.jti_key("left-by-someone"), 1)  # not an entry in force
+        store.set("other-policy:jti:x", 1)  # outside the layout: never touched
+        await mirror.mirror("uid", redis_server.url, None, LAYOUT, entries)
+        assert store.exists(LAYOUT.jti_key("a"), LAYOUT.jti_key("b")) == 2
+        assert not store.exists(LAYOUT.jti_key("left-by-someone"))
+        assert store.exists("other-policy:jti:x")
+        # A fresh operator (nothing in memory) trusts a matching digest and writes nothing.
+        assert await RedisMirror().mirror("uid", redis_server.url, None, LAYOUT, entries) == 0
+    finally:
+        await mirror.close()
+
+
+async def test_an_unreachable_redis_is_reported_without_its_password(redis_server):  # noqa: F811
+    mirror = RedisMirror(timeout=0.5)
+    redis_server.kill()
+    url = redis_server.url.replace("redis://", "redis://:hunter2@")
+    try:
+        with pytest.raises(RedisUnavailable) as failed:
+            await mirror.mirror("uid", url, None, LAYOUT, document({"a": SOON}))
+        assert "hunter2" not in str(failed.value) and "127.0.0.1" in str(failed.value)
+    finally:
+        await mirror.close()
