@@ -31,6 +31,14 @@ FAST_SPEC = {
     "jwks": {"maxAge": "2s"},
 }
 FAST_SECRET_PROPAGATION = "2s"
+KUBECTL = Path(sys.executable).parent / "kubectl"
+"""The real kubectl, unpacked into the venv's bin by `dev-cluster build`."""
+
+
+def kubectl(kubeconfig, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    assert KUBECTL.exists(), f"kubectl not found at {KUBECTL} (it is unpacked into the venv's bin)"
+    return subprocess.run([str(KUBECTL), "--kubeconfig", str(kubeconfig), *args],
+                          input=stdin, capture_output=True, text=True, timeout=60)
 
 
 def free_port() -> int:

