@@ -157,6 +157,19 @@ def test_kubectl_lists_revocations_with_their_policy_target_and_state(kubeconfig
     assert kubectl(kubeconfig, "get", "signingkeys", "-n", revocations.namespace, "-o", "name").stdout.count("tokenrevocation") == 2
 
 
+def test_the_revocation_examples_are_accepted_by_the_api_server(kubeconfig, revocations):
+    from .harness import REPO, kubectl
+
+    examples = REPO / "examples" / "revocations"
+    assert len(list(examples.glob("*.yaml"))) == 3
+    # A server-side dry run: schema, CEL rules and defaults, in this test's namespace.
+    relocated = "\n---\n".join(p.read_text().replace("namespace: auth", f"namespace: {revocations.namespace}")
+                                for p in sorted(examples.glob("*.yaml")))
+    applied = kubectl(kubeconfig, "apply", "--dry-run=server", "-f", "-", stdin=relocated)
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.count("(server dry run)") == 3, applied.stdout
+
+
 def test_a_revocation_document_edited_by_hand_is_restored(policies, revocations):
     policies.create("api", FAST_SPEC)
     policies.wait_ready("api")
