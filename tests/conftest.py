@@ -6,6 +6,7 @@ Tests under tests/integration and tests/conformance get the `controlplane` marke
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 
@@ -53,3 +54,20 @@ def namespace(api_client):
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A fresh redis-server on 127.0.0.1 (tests/redis_server.py), stopped after the test. Without
+    redis-server the test is skipped with the reason, except under CI=true, where a missing
+    server is a broken setup (`make test` installs it) and the test fails."""
+    from tests.redis_server import RedisServer, redis_server_binary
+
+    if redis_server_binary() is None:
+        message = "redis-server is not installed (Debian package redis-server; `make test` installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{message}, and CI=true: Redis tests must run in CI", pytrace=False)
+        pytest.skip(message)
+    server = RedisServer(tmp_path / "redis")
+    yield server
+    server.stop()

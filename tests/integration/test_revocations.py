@@ -236,8 +236,6 @@ def test_revoke_token_verifies_the_token_and_creates_its_revocation_once(kubecon
 
 # ---------------------------------------------------------------- Redis backend
 
-from tests.redis_fixture import redis_server  # noqa: E402,F401 - fixture
-
 
 def _redis(url: str):
     import redis
@@ -245,7 +243,7 @@ def _redis(url: str):
     return redis.Redis.from_url(url, decode_responses=True)
 
 
-def test_redis_backend_mirrors_each_entry_with_its_end_and_rebuilds_them_after_a_restart(policies, revocations, redis_server):  # noqa: F811
+def test_redis_backend_mirrors_each_entry_with_its_end_and_rebuilds_them_after_a_restart(policies, revocations, redis_server):
     ns = policies.namespace
     policies.create("api", {**FAST_SPEC, "tokenLifetime": "1h", "revocation": {"backend": "Redis", "redis": {"url": redis_server.url}}})
     policies.wait_ready("api")

@@ -10,7 +10,6 @@ import redis
 
 from signing_key_operator.core.revocations import RedisLayout, RevocationDocument, SubjectEntry
 from signing_key_operator.redis_mirror import RedisMirror, RedisUnavailable
-from tests.redis_fixture import redis_server  # noqa: F401 - fixture
 
 LAYOUT = RedisLayout.for_policy("auth", "api")
 SOON = int(time.time()) + 3600
@@ -20,7 +19,7 @@ def document(jtis: dict[str, int], subjects: dict[str, SubjectEntry] | None = No
     return RevocationDocument(jti=jtis, sub=subjects or {})
 
 
-async def test_entries_expire_at_their_end_and_one_new_entry_costs_one_write(redis_server):  # noqa: F811
+async def test_entries_expire_at_their_end_and_one_new_entry_costs_one_write(redis_server):
     mirror, store = RedisMirror(), redis.Redis.from_url(redis_server.url, decode_responses=True)
     try:
         first = document({"a": SOON, "b": SOON + 10}, {"alice": SubjectEntry(SOON - 3600, SOON + 60)})
@@ -38,7 +37,7 @@ async def test_entries_expire_at_their_end_and_one_new_entry_costs_one_write(red
         await mirror.close()
 
 
-async def test_a_redis_that_lost_its_data_is_rebuilt_and_stale_keys_removed(redis_server):  # noqa: F811
+async def test_a_redis_that_lost_its_data_is_rebuilt_and_stale_keys_removed(redis_server):
     mirror, store = RedisMirror(), redis.Redis.from_url(redis_server.url, decode_responses=True)
     try:
         entries = document({"a": SOON, "b": SOON})
@@ -56,7 +55,7 @@ async def test_a_redis_that_lost_its_data_is_rebuilt_and_stale_keys_removed(redi
         await mirror.close()
 
 
-async def test_an_unreachable_redis_is_reported_without_its_password(redis_server):  # noqa: F811
+async def test_an_unreachable_redis_is_reported_without_its_password(redis_server):
     mirror = RedisMirror(timeout=0.5)
     redis_server.kill()
     url = redis_server.url.replace("redis://", "redis://:hunter2@")

@@ -22,7 +22,6 @@ from signing_key_operator.core.jwks import render_jwk_set
 from signing_key_operator.core.keys import generate_key
 from signing_key_operator.core.revocations import RedisLayout, RevocationDocument, SubjectEntry
 from signing_key_operator.verify import RevokedToken, TokenRejected, Verifier
-from tests.redis_fixture import redis_server  # noqa: F401 - fixture
 from tests.redis_server import free_port
 
 JWKS = "/.well-known/jwks.json"
@@ -399,7 +398,7 @@ def load_entries(url: str, *, jti=(), sub=()) -> None:
     client.close()
 
 
-def test_redis_checks_jti_and_subject(server, clock, redis_server):  # noqa: F811
+def test_redis_checks_jti_and_subject(server, clock, redis_server):
     now = time.time()  # Redis expires keys by its own clock
     load_entries(redis_server.url, jti={"j-bad": int(now) + 600}, sub={"bob": (int(now) - 10, int(now) + 900)})
     clock.now = now
@@ -412,7 +411,7 @@ def test_redis_checks_jti_and_subject(server, clock, redis_server):  # noqa: F81
     assert other.verify(token(jti="j-bad", now=now)), "another policy's prefix"
 
 
-def test_redis_document_switches_to_redis(server, clock, redis_server):  # noqa: F811
+def test_redis_document_switches_to_redis(server, clock, redis_server):
     now = time.time()
     load_entries(redis_server.url, jti={"j-bad": int(now) + 600})
     server.serve(REVOCATIONS, revocations(backend="redis"))
@@ -426,7 +425,7 @@ def test_redis_document_switches_to_redis(server, clock, redis_server):  # noqa:
     assert v.verify(token(jti="j-bad", now=clock.now)), "the document, not Redis, decides now"
 
 
-def test_redis_killed_fails_closed_and_restarted_recovers(server, clock, redis_server):  # noqa: F811
+def test_redis_killed_fails_closed_and_restarted_recovers(server, clock, redis_server):
     now = time.time()
     entries = {"jti": {"j-bad": int(now) + 600}}
     load_entries(redis_server.url, **entries)
