@@ -32,7 +32,7 @@ from .core.revocations import (
 )
 from .core.spec import PolicySpec
 from .k8s import objects
-from .k8s.api import CONFIGMAPS, REVOCATIONS, SECRETS, KubeApi
+from .k8s.api import CONFIGMAPS, REVOCATIONS, SECRETS, ApiError, KubeApi
 from .redis_mirror import RedisMirror, RedisUnavailable
 
 logger = logging.getLogger(__name__)
@@ -84,17 +84,7 @@ class RevocationPublisher:
     async def publish(self, policy: dict[str, Any], spec: PolicySpec, write: Write, events: list[tuple[dict, PlanEvent]], policy_events: list[PlanEvent]) -> Published:
         metadata = policy["metadata"]
         namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
-        items = [i for i in await self.api.list(REVOCATIONS, namespace) if (i.get("spec") or {}).get("policyName") == name]
-        parsed: dict[str, Revocation] = {}
-        invalid: dict[str, str] = {}
-        for item in items:
-            try:
-                created = item["metadata"].get("creationTimestamp")
-                parsed[item["metadata"]["name"]] = parse_revocation(
-                    item["metadata"]["name"], item.get("spec"), objects.parse_time(created) if created else None
-                )
-            except RevocationError as error:
-                invalid[item["metadata"]["name"]] = str(error)
+        items, parsed, invalid = await self._gather(namespace, name)
         now = self.clock()
         max_age = int(spec.jwks_max_age.total_seconds())
         compiled = compile_revocations(
@@ -116,17 +106,10 @@ class RevocationPublisher:
         else:
             self._reported_full.pop(uid, None)
         served = compiled.document
-        desired = objects.published_configmap(policy, spec.revocation_config_map_name, "revocations", REVOCATIONS_FILE, body, max_age)
-        current = await self.api.get(CONFIGMAPS, namespace, spec.revocation_config_map_name)
-        if not objects.configmap_is_current(current, desired):
-            if current is None:
-                await write("ConfigMap", self.api.create(CONFIGMAPS, namespace, desired))
-            else:
-                desired["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-                await write("ConfigMap", self.api.replace(CONFIGMAPS, namespace, desired))
+        await self._write_document(policy, spec, body, max_age, write)
 
         wakeups = [compiled.next_expiry]
-        if spec.revocation_backend == "Redis" and problem is None:
+        if spec.revocation_backend == "Redis":
             assert spec.redis is not None
             where = f"Redis {spec.redis.url}"
             layout = RedisLayout.for_policy(namespace, name, spec.redis.key_prefix)
@@ -162,6 +145,32 @@ class RevocationPublisher:
             status, condition, min((w for w in wakeups if w is not None), default=None), len(compiled.in_force), unpublished
         )
 
+    async def _gather(self, namespace: str, policy_name: str) -> tuple[list[dict[str, Any]], dict[str, Revocation], dict[str, str]]:
+        """The policy's TokenRevocations as stored, those that parse, and why the others do not."""
+        items = [i for i in await self.api.list(REVOCATIONS, namespace) if (i.get("spec") or {}).get("policyName") == policy_name]
+        parsed: dict[str, Revocation] = {}
+        invalid: dict[str, str] = {}
+        for item in items:
+            name, created = item["metadata"]["name"], item["metadata"].get("creationTimestamp")
+            try:
+                parsed[name] = parse_revocation(name, item.get("spec"), objects.parse_time(created) if created else None)
+            except RevocationError as error:
+                invalid[name] = str(error)
+        return items, parsed, invalid
+
+    async def _write_document(self, policy: dict[str, Any], spec: PolicySpec, body: bytes, max_age: int, write: Write) -> None:
+        """Create or replace the revocation ConfigMap, only when its content changed."""
+        namespace = policy["metadata"]["namespace"]
+        desired = objects.published_configmap(policy, spec.revocation_config_map_name, "revocations", REVOCATIONS_FILE, body, max_age)
+        current = await self.api.get(CONFIGMAPS, namespace, spec.revocation_config_map_name)
+        if objects.configmap_is_current(current, desired):
+            return
+        if current is None:
+            await write("ConfigMap", self.api.create(CONFIGMAPS, namespace, desired))
+        else:
+            desired["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            await write("ConfigMap", self.api.replace(CONFIGMAPS, namespace, desired))
+
     async def _redis_password(self, namespace: str, spec: PolicySpec) -> str | None:
         assert spec.redis is not None
         if spec.redis.password_secret is None:
@@ -193,7 +202,12 @@ class RevocationPublisher:
         if all(current.get(k) == v for k, v in status.items()):
             return
         patch = {"status": status}
-        await write("TokenRevocation", self.api.merge_patch(REVOCATIONS, metadata["namespace"], metadata["name"], patch, subresource="status"))
+        try:
+            await write("TokenRevocation", self.api.merge_patch(REVOCATIONS, metadata["namespace"], metadata["name"], patch, subresource="status"))
+        except ApiError as error:
+            if error.not_found:
+                return  # deleted since the list: its withdrawal wakes this policy again
+            raise
         if not unchanged:
             events.append((reference(item), PlanEvent(verdict.event_type, verdict.event_reason, verdict.message)))
 
