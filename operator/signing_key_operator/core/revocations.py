@@ -38,8 +38,9 @@ from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any
 
+from .spec import SpecError
+
 __all__ = [
-    "BACKENDS",
     "Compiled",
     "InvalidRevocationDocument",
     "JTI_PATTERN",
@@ -54,10 +55,6 @@ __all__ = [
     "parse_revocation_document",
 ]
 
-BACKENDS = ("ConfigMap", "Redis")
-"""``spec.revocation.backend`` of a SigningKeyPolicy. ConfigMap is the default: no extra
-infrastructure, enough for some ten thousand entries (bench/revocation_bench.py capacity)."""
-
 MAX_CONFIGMAP_BYTES = 1024 * 1024
 """The API server refuses a ConfigMap whose data values add up to more than 1 MiB."""
 
@@ -69,13 +66,8 @@ through the API; the operator checks again for objects stored before the rule ex
 MAX_SUBJECT_LENGTH = 256
 
 
-class RevocationError(ValueError):
+class RevocationError(SpecError):
     """A TokenRevocation field is invalid; ``str()`` names the field (``spec.jti: ...``)."""
-
-    def __init__(self, field_path: str, message: str) -> None:
-        super().__init__(f"{field_path}: {message}")
-        self.field_path = field_path
-        self.message = message
 
 
 class InvalidRevocationDocument(ValueError):
