@@ -196,14 +196,12 @@ class PolicyRunner:
         loop.wake.set()
 
     async def post_events(self, body: dict[str, Any], outcome: Outcome) -> None:
-        for event in outcome.events:
-            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
-            log = logger.warning if event.type == "Warning" else logger.info
-            log("%s/%s %s: %s", body["metadata"]["namespace"], body["metadata"]["name"], event.reason, event.message)
-        for target, event in outcome.object_events:
+        # Events about the policy first, then those about its TokenRevocations.
+        for target, event in [(body, event) for event in outcome.events] + outcome.object_events:
             kopf.event(target, type=event.type, reason=event.reason, message=event.message)
             log = logger.warning if event.type == "Warning" else logger.info
-            log("TokenRevocation %s/%s %s: %s", target["metadata"]["namespace"], target["metadata"]["name"], event.reason, event.message)
+            kind = "" if target is body else f"{target['kind']} "
+            log("%s%s/%s %s: %s", kind, target["metadata"]["namespace"], target["metadata"]["name"], event.reason, event.message)
 
     async def stop(self) -> None:
         for task in self.background:
