@@ -125,6 +125,8 @@ def test_a_subjects_newer_tokens_stay_valid_and_tokens_without_iat_are_refused()
     (b'{"backend":"configmap","jti":{"a":"1"},"sub":{}}', "bad_entry"),
     (b'{"backend":"configmap","jti":{},"sub":{"x":{"until":1}}}', "bad_entry"),
     (b'{"backend":"configmap","jti":{"a":1,"a":2},"sub":{}}', "not_json"),
+    (b'{"backend":"configmap","jti":{},"sub":{}, "x":NaN}', "not_json"),
+    (b"[" * 100_000 + b"]" * 100_000, "not_json"),  # too deep for the parser: refused, not a crash
     (b'{"backend":"redis","jti":{"a":1},"sub":{}}', "bad_backend"),
     (b'{"backend":"configmap","jti":{},"sub":{},"keys":[]}', "unknown_members"),
     (b'{"backend":"configmap","jti":{},"sub":{}}' + b" " * (1024 * 1024), "too_large"),

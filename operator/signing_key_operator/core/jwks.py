@@ -47,6 +47,7 @@ __all__ = [
     "MAX_JWK_SET_BYTES",
     "PRIVATE_MEMBERS",
     "REASONS",
+    "loads_strict",
     "parse_jwk_set",
     "render_jwk_set",
     "validate_jwk_set",
@@ -204,8 +205,8 @@ def parse_jwk_set(data: bytes | bytearray | memoryview | str) -> JwkSet:
     if not text.strip():
         raise InvalidJwkSet("invalid_json", "JWK Set is empty (no JSON document)")
     try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
-    except _DuplicateMember as exc:
+        obj = loads_strict(text)
+    except DuplicateMember as exc:
         raise InvalidJwkSet("duplicate_member", f"JSON object has duplicate member {exc.name!r}") from None
     except (ValueError, RecursionError) as exc:
         where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
@@ -332,7 +333,14 @@ def _b64_member(where: str, key: Mapping[str, Any], member: str) -> bytes:
         raise InvalidJwkSet("invalid_member", f'{where}: "{member}" must be unpadded base64url') from None
 
 
-class _DuplicateMember(ValueError):
+def loads_strict(text: str | bytes) -> Any:
+    """``json.loads`` that refuses duplicate member names (parsers disagree about which one
+    wins, a classic confusion attack) and NaN/Infinity; raises ValueError (DuplicateMember for
+    the first)."""
+    return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+
+
+class DuplicateMember(ValueError):
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.name = name if len(name) <= _KID_SHOWN else name[:_KID_SHOWN] + "..."
@@ -342,7 +350,7 @@ def _no_duplicates(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in pairs:
         if name in out:
-            raise _DuplicateMember(name)
+            raise DuplicateMember(name)
         out[name] = value
     return out
 

@@ -38,6 +38,7 @@ from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any
 
+from .jwks import loads_strict
 from .spec import SpecError
 
 __all__ = [
@@ -181,8 +182,8 @@ def parse_revocation_document(data: bytes | str) -> RevocationDocument:
     if len(data) > MAX_CONFIGMAP_BYTES:
         raise InvalidRevocationDocument("too_large", f"{len(data)} bytes, more than a ConfigMap can hold")
     try:
-        obj = json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError) as error:
+        obj = loads_strict(data)
+    except (ValueError, RecursionError) as error:
         raise InvalidRevocationDocument("not_json", f"not a JSON document ({type(error).__name__})") from None
     if not isinstance(obj, dict):
         raise InvalidRevocationDocument("not_an_object", "the document must be a JSON object")
@@ -345,16 +346,3 @@ def _iso(moment: datetime | None) -> str:
 
 def _numeric_date(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError("duplicate member")
-        result[key] = value
-    return result
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
