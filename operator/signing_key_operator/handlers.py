@@ -25,7 +25,7 @@ from .k8s import objects
 from .k8s.api import POLICIES, REVOCATIONS, ApiError, KubeApi, load_configuration
 from .metrics import OperatorMetrics
 from .reconciler import Outcome, Reconciler
-from .revocation_publisher import reference
+from .revocation_publisher import Verdict, reference, revocation_status
 from .settings import OperatorSettings
 
 logger = logging.getLogger(__name__)
@@ -164,23 +164,17 @@ class PolicyRunner:
             if await self.api.get(POLICIES, metadata["namespace"], policy_name) is not None:
                 return  # its loop is being started; it will report
             message = f"SigningKeyPolicy {policy_name} does not exist in namespace {metadata['namespace']}; nothing is revoked"
-            condition = {
-                "type": "InForce", "status": "False", "reason": "PolicyNotFound", "message": message,
-                "lastTransitionTime": objects.format_time(self.clock().replace(microsecond=0)),
-                "observedGeneration": metadata.get("generation"),
-            }
-            status = body.get("status") or {}
-            current = next((c for c in status.get("conditions") or [] if c.get("type") == "InForce"), {})
-            if current.get("reason") == "PolicyNotFound" and status.get("inForce") is False:
+            verdict = Verdict(False, "PolicyNotFound", message, None, "Warning", "PolicyNotFound")
+            status, _ = revocation_status(body, verdict, None, self.clock())
+            if status is None:  # already marked so
                 self.orphans[metadata["uid"]] = metadata.get("resourceVersion")
                 return
             written = await self.api.merge_patch(
-                REVOCATIONS, metadata["namespace"], metadata["name"],
-                {"status": {"inForce": False, "until": None, "conditions": [condition]}}, subresource="status",
+                REVOCATIONS, metadata["namespace"], metadata["name"], {"status": status}, subresource="status"
             )
             self.orphans[metadata["uid"]] = written["metadata"]["resourceVersion"]
             self.metrics.refused_inputs.labels("token-revocation").inc()
-            kopf.event(reference(body), type="Warning", reason="PolicyNotFound", message=message)
+            kopf.event(reference(body), type=verdict.event_type, reason=verdict.event_reason, message=message)
             logger.warning("%s/%s PolicyNotFound: %s", metadata["namespace"], metadata["name"], message)
         except ApiError as error:
             logger.warning("could not mark TokenRevocation %s/%s: %s", metadata["namespace"], metadata["name"], error)

@@ -59,7 +59,9 @@ Write = Callable[[str, Awaitable[dict[str, Any]]], Awaitable[dict[str, Any]]]
 
 
 @dataclass
-class _Verdict:
+class Verdict:
+    """What one TokenRevocation's status says, and the Event when that changes."""
+
     in_force: bool
     reason: str
     message: str
@@ -182,24 +184,10 @@ class RevocationPublisher:
             raise _PasswordMissing(f"Secret {secret_name} has no data key {key} (spec.revocation.redis.passwordSecretRef)")
         return base64.b64decode(value).decode()
 
-    async def _report(self, item: dict[str, Any], verdict: _Verdict, spec: PolicySpec, write: Write, events: list[tuple[dict, PlanEvent]]) -> None:
+    async def _report(self, item: dict[str, Any], verdict: Verdict, spec: PolicySpec, write: Write, events: list[tuple[dict, PlanEvent]]) -> None:
         metadata = item["metadata"]
-        current = item.get("status") or {}
-        previous = next((c for c in current.get("conditions") or [] if c.get("type") == "InForce"), None)
-        condition_status = "True" if verdict.in_force else "False"
-        unchanged = previous is not None and previous.get("status") == condition_status and previous.get("reason") == verdict.reason
-        since = previous.get("lastTransitionTime") if unchanged else objects.format_time(self.clock().replace(microsecond=0))
-        status = {
-            "observedGeneration": metadata.get("generation"),
-            "inForce": verdict.in_force,
-            "until": objects.format_time(verdict.until) if verdict.until else None,
-            "backend": spec.revocation_backend,
-            "conditions": [{
-                "type": "InForce", "status": condition_status, "reason": verdict.reason, "message": verdict.message,
-                "lastTransitionTime": since, "observedGeneration": metadata.get("generation"),
-            }],
-        }
-        if all(current.get(k) == v for k, v in status.items()):
+        status, transition = revocation_status(item, verdict, spec.revocation_backend, self.clock())
+        if status is None:
             return
         patch = {"status": status}
         try:
@@ -208,12 +196,38 @@ class RevocationPublisher:
             if error.not_found:
                 return  # deleted since the list: its withdrawal wakes this policy again
             raise
-        if not unchanged:
+        if transition:
             events.append((reference(item), PlanEvent(verdict.event_type, verdict.event_reason, verdict.message)))
 
     def forget(self, uid: str) -> None:
         self._reported_full.pop(uid, None)
         self.mirror.forget(uid)
+
+
+def revocation_status(
+    item: dict[str, Any], verdict: Verdict, backend: str | None, now: datetime
+) -> tuple[dict[str, Any] | None, bool]:
+    """(the status to write, or None when the stored one already says it; whether InForce
+    changes). lastTransitionTime stays while the condition's status and reason hold."""
+    metadata = item["metadata"]
+    current = item.get("status") or {}
+    previous = next((c for c in current.get("conditions") or [] if c.get("type") == "InForce"), None)
+    condition_status = "True" if verdict.in_force else "False"
+    unchanged = previous is not None and previous.get("status") == condition_status and previous.get("reason") == verdict.reason
+    since = previous.get("lastTransitionTime") if unchanged else objects.format_time(now.replace(microsecond=0))
+    status = {
+        "observedGeneration": metadata.get("generation"),
+        "inForce": verdict.in_force,
+        "until": objects.format_time(verdict.until) if verdict.until else None,
+        "backend": backend,
+        "conditions": [{
+            "type": "InForce", "status": condition_status, "reason": verdict.reason, "message": verdict.message,
+            "lastTransitionTime": since, "observedGeneration": metadata.get("generation"),
+        }],
+    }
+    if all(current.get(k) == v for k, v in status.items()):
+        return None, False
+    return status, not unchanged
 
 
 class _PasswordMissing(Exception):
@@ -236,16 +250,16 @@ def _is_served(revocation: Revocation, served: RevocationDocument) -> bool:
     return entry is not None and revocation.issued_before is not None and entry.issued_before >= revocation.issued_before.timestamp()
 
 
-def _verdict(name, revocation, invalid, compiled: Compiled, served, problem, where) -> _Verdict:
+def _verdict(name, revocation, invalid, compiled: Compiled, served, problem, where) -> Verdict:
     if invalid is not None:
-        return _Verdict(False, "Invalid", f"{invalid}; not published", None, "Warning", "InvalidRevocation")
+        return Verdict(False, "Invalid", f"{invalid}; not published", None, "Warning", "InvalidRevocation")
     ends = {r.name: until for r, until in compiled.in_force + compiled.expired}
     until = ends[name]
     if any(r.name == name for r, _ in compiled.expired):
-        return _Verdict(False, "Expired", f"{revocation.what}: ended at {objects.format_time(until)} (no verifier accepts the token any more); pruned from {where}",
+        return Verdict(False, "Expired", f"{revocation.what}: ended at {objects.format_time(until)} (no verifier accepts the token any more); pruned from {where}",
                         until, "Normal", "RevocationExpired")
     if _is_served(revocation, served):
-        return _Verdict(True, "Published", f"{revocation.what}: refused by verifiers until {objects.format_time(until)}; published in {where}",
+        return Verdict(True, "Published", f"{revocation.what}: refused by verifiers until {objects.format_time(until)}; published in {where}",
                         until, "Normal", "RevocationPublished")
     reason, message = problem if problem is not None else ("Pending", "not published yet")
-    return _Verdict(False, reason, f"{revocation.what}: not published: {message}", until, "Warning", "RevocationNotPublished")
+    return Verdict(False, reason, f"{revocation.what}: not published: {message}", until, "Warning", "RevocationNotPublished")
