@@ -15,8 +15,12 @@ def _dev_cluster(args: argparse.Namespace) -> int:
     if args.action == "build":
         from .devcluster.build import ensure_binaries
 
-        ensure_tools()
-        binaries = ensure_binaries()
+        try:
+            ensure_tools()
+            binaries = ensure_binaries()
+        except RuntimeError as error:
+            print(f"signing-key-operator dev-cluster build: {error}", file=sys.stderr)
+            return 1
         print(f"kube-apiserver {binaries.kubernetes_version}, etcd {binaries.etcd_version}: {binaries.kube_apiserver.parent}")
         return 0
     if args.action == "up":

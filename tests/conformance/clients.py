@@ -4,7 +4,8 @@ Standard library only: setup.sh runs this file as a script (``python3 clients.py
 to learn where a verifier's build lives, so the shell and the tests agree on one rule.
 
 Each verifier is built once per content hash of its sources (lock files included) under
-``${SKO_CACHE_DIR:-~/.cache/signing-key-operator}/conformance/<lang>-<hash>/`` and marked
+``${SKO_CACHE_DIR:-~/.cache/signing-key-operator}/conformance/<lang>-<hash>/`` (or
+``$SKO_VERIFIERS_CACHE_DIR/<lang>-<hash>/``) and marked
 ready by a ``.ready`` file written last. Each client is a long-running process speaking one
 line per request on stdin/stdout: a JWT answers ``ok`` or ``fail: <reason>``; ``url <URL>
 <ALG>`` builds a fresh client for another JWKS URL and answers ``ready``.
@@ -27,7 +28,15 @@ VERIFIERS_DIR = HERE / "verifiers"
 
 
 def cache_root() -> Path:
-    base = os.environ.get("SKO_CACHE_DIR") or str(Path.home() / ".cache" / "signing-key-operator")
+    """SKO_VERIFIERS_CACHE_DIR, else conformance/ in the project's cache (the rule of
+    devcluster/build.py's cache_root, repeated here because this file runs without the package):
+    CI points the first at a fresh folder so that every run builds the verifiers anew."""
+    explicit = os.environ.get("SKO_VERIFIERS_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("SKO_CACHE_DIR") or str(
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "signing-key-operator"
+    )
     return Path(base) / "conformance"
 
 
@@ -188,7 +197,7 @@ def _main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] in ("dir", "hash") and argv[1] in SOURCES:
         print(build_dir(argv[1]) if argv[0] == "dir" else source_hash(argv[1]))
         return 0
-    print("usage: clients.py dir|hash python|node|java|go", file=sys.stderr)
+    print(f"usage: clients.py dir|hash {'|'.join(SOURCES)}", file=sys.stderr)
     return 2
 
 

@@ -9,26 +9,63 @@
 #   ${SKO_CACHE_DIR:-$HOME/.cache/signing-key-operator}/conformance/<lang>-<hash>/
 # keyed by a hash of its sources and lock files (tests/conformance/clients.py computes it), so
 # a second run only checks hashes. Idempotent; safe to run before every `make test`.
+#
+# setup.sh [LANG...] builds only the named ones (python node java go spring-revocation).
+#
+# A failed step stops the script with the step's own error and leaves nothing that looks ready:
+# each build runs in a scratch directory that an EXIT trap removes, and `.ready` is written only
+# after the step returned 0. (The step runs as a plain command, never left of `||` or inside an
+# `if`: bash ignores `set -e` there, and a failed step would go on to be stamped ready.)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 verifiers="$here/verifiers"
-python="${PYTHON:-python3}"
 started=$SECONDS
 
 say() { printf '==> conformance verifiers: %s\n' "$*"; }
 die() { printf 'tests/conformance/setup.sh: %s\n' "$*" >&2; exit 1; }
 
-for tool in "$python" node npm java mvn go; do
-  command -v "$tool" >/dev/null 2>&1 || die "needs '$tool' on PATH (see tests/conformance/README.md)"
+# Absolute, so that it still names the same interpreter after a build step's `cd`; a venv's
+# python is kept as the link it is (resolving it would leave the venv).
+absolute() {
+  case "$1" in
+    */*) printf '%s/%s\n' "$(cd "$(dirname "$1")" && pwd)" "$(basename "$1")" ;;
+    *) command -v "$1" || die "needs '$1' on PATH (see tests/conformance/README.md)" ;;
+  esac
+}
+python="$(absolute "${PYTHON:-python3}")"
+[[ -x "$python" ]] || die "PYTHON=$python is not an executable"
+
+all_langs=(python node java go spring-revocation)
+if (($#)); then langs=("$@"); else langs=("${all_langs[@]}"); fi
+
+declare -A tools=([python]="" [node]="node npm" [java]="java mvn" [go]="go" [spring-revocation]="java mvn")
+for lang in "${langs[@]}"; do
+  [[ -v "tools[$lang]" ]] || die "unknown verifier '$lang' (known: ${all_langs[*]})"
+  for tool in ${tools[$lang]}; do
+    command -v "$tool" >/dev/null 2>&1 || die "the $lang verifier needs '$tool' on PATH (see tests/conformance/README.md)"
+  done
 done
 
 build_dir() { "$python" "$here/clients.py" dir "$1"; }
 
+# The build under way, for the EXIT trap: its scratch directory goes, and the failure is named.
+building=""
+building_tmp=""
+on_exit() {
+  local status=$?
+  if [[ -n "$building_tmp" ]]; then
+    rm -rf "$building_tmp"
+    printf 'tests/conformance/setup.sh: building %s failed (exit %s); nothing was cached, the next run builds it again\n' \
+      "$building" "$status" >&2
+  fi
+}
+trap on_exit EXIT
+
 # build LANG DESCRIPTION FUNCTION: run FUNCTION in a scratch directory and move it into place
-# when it succeeds, so an interrupted build never looks ready.
+# when it succeeds, so a failed or interrupted build never looks ready.
 build() {
-  local lang="$1" what="$2" step="$3" dir tmp
+  local lang="$1" what="$2" step="$3" dir t0=$SECONDS
   dir="$(build_dir "$lang")"
   if [[ -f "$dir/.ready" ]]; then
     say "$what: up to date ($dir)"
@@ -36,14 +73,15 @@ build() {
   fi
   say "$what: building in $dir"
   mkdir -p "$(dirname "$dir")"
-  tmp="$(mktemp -d "$dir.tmp.XXXXXX")"
-  local t0=$SECONDS
-  ( cd "$tmp" && "$step" "$verifiers/$lang" "$tmp" ) || { rm -rf "$tmp"; die "building the $lang verifier failed"; }
-  touch "$tmp/.ready"
+  building="$what"
+  building_tmp="$(mktemp -d "$dir.tmp.XXXXXX")"
+  (cd "$building_tmp"; "$step" "$verifiers/$lang" "$building_tmp")
+  touch "$building_tmp/.ready"
   rm -rf "$dir"
-  mv "$tmp" "$dir"
+  mv "$building_tmp" "$dir"
+  building_tmp=""
   # Builds of earlier sources are dead weight once this one is ready.
-  find "$(dirname "$dir")" -maxdepth 1 -name "$lang-*" ! -path "$dir" -exec rm -rf {} + 2>/dev/null || true
+  find "$(dirname "$dir")" -maxdepth 1 -name "$lang-*" ! -path "$dir" -exec rm -rf {} +
   say "$what: built in $((SECONDS - t0))s"
 }
 
@@ -57,7 +95,7 @@ build_python() {
 build_node() {
   local src="$1" out="$2"
   cp "$src/package.json" "$src/package-lock.json" "$src/verify.mjs" "$out/"
-  npm ci --no-audit --no-fund --ignore-scripts --silent 2>&1 | grep -v 'Unknown user config' || true
+  npm ci --no-audit --no-fund --ignore-scripts >"$out/npm.log" 2>&1 || { cat "$out/npm.log" >&2; return 1; }
   [[ -f "$out/node_modules/jose/package.json" ]] || die "npm ci did not install jose"
 }
 
@@ -82,9 +120,16 @@ build_spring_revocation() {
   [[ -f "$out/target/spring-revocation.jar" ]] || die "mvn package made no target/spring-revocation.jar"
 }
 
-build python "python (PyJWT)" build_python
-build node "node (jose)" build_node
-build java "java (Nimbus JOSE+JWT, Spring Security)" build_java
-build go "go (keyfunc + golang-jwt)" build_go
-build spring-revocation "spring-revocation (examples/spring-revocation, Spring Security)" build_spring_revocation
+describe() {
+  case "$1" in
+    python) echo "python (PyJWT)" ;;
+    node) echo "node (jose)" ;;
+    java) echo "java (Nimbus JOSE+JWT, Spring Security)" ;;
+    go) echo "go (keyfunc + golang-jwt)" ;;
+    spring-revocation) echo "spring-revocation (examples/spring-revocation, Spring Security)" ;;
+  esac
+}
+for lang in "${langs[@]}"; do
+  build "$lang" "$(describe "$lang")" "build_${lang//-/_}"
+done
 say "ready in $((SECONDS - started))s"

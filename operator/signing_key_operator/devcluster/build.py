@@ -2,13 +2,20 @@
 
 No package registry ships these binaries, but the Go module proxy serves their sources. The pinned
 versions live in the go.mod files beside this module (gomod/kube, gomod/etcd); binaries are cached
-outside the repo in a folder named by those versions and a hash of the go.mod/go.sum files, so a
-build happens once per pin and every later run starts in seconds.
+outside the repo in a folder named by those versions and a hash of everything that changes what is
+built (the module files, the packages, the linker flags, the Go toolchain and target), so a build
+happens once per recipe and every later run starts in seconds.
+
+A cache entry is only ever a finished one: binaries are built into a staging folder that is
+renamed into place after every `go build` succeeded and removed when one fails; a lock keeps two
+processes from building into the same staging folder at once.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -47,6 +54,16 @@ class Binaries:
     etcd_version: str
 
 
+# What `go build` is told besides the target's own flags. -mod=readonly: the committed go.sum is
+# the whole truth, so what is built is what the hash below names (-mod=mod would let a build
+# rewrite go.mod/go.sum and so its own cache key); -buildvcs=false because the repo's git
+# metadata says nothing about these third-party binaries.
+GO_FLAGS = ("-mod=readonly", "-buildvcs=false")
+
+# The parts of `go env` that change the binaries a build makes.
+GO_ENV_KEYS = ("GOVERSION", "GOOS", "GOARCH", "GOAMD64", "GOARM64", "CGO_ENABLED", "GOEXPERIMENT", "GOFLAGS")
+
+
 @dataclass(frozen=True)
 class _Target:
     module_dir: Path
@@ -58,15 +75,28 @@ class _Target:
         return [self.out_dir / name for name in self.packages]
 
 
-def _fingerprint(module_dir: Path) -> str:
+def go_environment() -> dict[str, str]:
+    """The toolchain facts that go into the cache key."""
+    if shutil.which("go") is None:
+        raise RuntimeError("Go is needed to build the control plane (https://go.dev); none on PATH")
+    result = subprocess.run(["go", "env", "-json", *GO_ENV_KEYS], capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)
+
+
+def recipe_fingerprint(module_dir: Path, packages: dict[str, str], ldflags: str, go_env: dict[str, str]) -> str:
+    """A hash of everything that decides the binaries: every file of the module folder (go.mod,
+    go.sum, tools.go), the packages and names, the flags, and the toolchain."""
     digest = hashlib.sha256()
-    for name in ("go.mod", "go.sum"):
-        digest.update((module_dir / name).read_bytes())
+    for path in sorted(module_dir.iterdir()):
+        if path.is_file():
+            digest.update(f"{path.name}\0".encode() + path.read_bytes() + b"\0")
+    recipe = {"packages": packages, "ldflags": ldflags, "flags": GO_FLAGS, "go": go_env}
+    digest.update(json.dumps(recipe, sort_keys=True).encode())
     return digest.hexdigest()[:12]
 
 
-def _targets() -> tuple[_Target, _Target, str, str]:
-    kube_dir, etcd_dir = GOMOD_DIR / "kube", GOMOD_DIR / "etcd"
+def _targets(gomod_dir: Path, root: Path, go_env: dict[str, str]) -> tuple[_Target, _Target, str, str]:
+    kube_dir, etcd_dir = gomod_dir / "kube", gomod_dir / "etcd"
     k8s_version = _pinned_version(kube_dir / "go.mod", "k8s.io/kubernetes")
     etcd_version = _pinned_version(etcd_dir / "go.mod", "go.etcd.io/etcd/server/v3")
     major, minor = k8s_version.lstrip("v").split(".")[:2]
@@ -75,21 +105,22 @@ def _targets() -> tuple[_Target, _Target, str, str]:
         f"-X k8s.io/component-base/version.{key}={value}"
         for key, value in (("gitVersion", k8s_version), ("gitMajor", major), ("gitMinor", minor))
     )
-    root = cache_root() / "controlplane"
+    kube_packages = {
+        "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
+        "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
+    }
+    etcd_packages = {"etcd": "go.etcd.io/etcd/server/v3"}
     kube = _Target(
         kube_dir,
-        {
-            "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
-            "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
-        },
+        kube_packages,
         ldflags,
-        root / f"kubernetes-{k8s_version}-{_fingerprint(kube_dir)}",
+        root / f"kubernetes-{k8s_version}-{recipe_fingerprint(kube_dir, kube_packages, ldflags, go_env)}",
     )
     etcd = _Target(
         etcd_dir,
-        {"etcd": "go.etcd.io/etcd/server/v3"},
+        etcd_packages,
         "",
-        root / f"etcd-{etcd_version}-{_fingerprint(etcd_dir)}",
+        root / f"etcd-{etcd_version}-{recipe_fingerprint(etcd_dir, etcd_packages, '', go_env)}",
     )
     return kube, etcd, k8s_version, etcd_version
 
@@ -101,17 +132,24 @@ def _say(message: str) -> None:
 def _build(target: _Target, label: str) -> None:
     if all(path.exists() for path in target.binaries()):
         return
-    if shutil.which("go") is None:
-        raise RuntimeError("Go is needed to build the control plane (https://go.dev); none on PATH")
-    staging = target.out_dir.with_name(target.out_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    _say(f"building {label} from the Go module proxy (once per version; about 5 min cold on 2 cores)")
-    started = time.monotonic()
-    for name, package in target.packages.items():
-        _go_build(target, package, staging / name, f"{label}: {name}", started)
-    shutil.rmtree(target.out_dir, ignore_errors=True)
-    staging.rename(target.out_dir)
+    target.out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.out_dir.with_name(target.out_dir.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if all(path.exists() for path in target.binaries()):
+            return  # another process built it while this one waited
+        staging = target.out_dir.with_name(target.out_dir.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        _say(f"building {label} from the Go module proxy (once per version; about 5 min cold on 2 cores)")
+        started = time.monotonic()
+        try:
+            for name, package in target.packages.items():
+                _go_build(target, package, staging / name, f"{label}: {name}", started)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        shutil.rmtree(target.out_dir, ignore_errors=True)
+        staging.rename(target.out_dir)
     _say(f"built {label} in {time.monotonic() - started:.0f}s -> {target.out_dir}")
 
 
@@ -120,9 +158,7 @@ def _go_build(target: _Target, package: str, output: Path, label: str, started: 
     if target.ldflags:
         command += ["-ldflags", target.ldflags]
     command.append(package)
-    # -mod=mod lets a fresh machine fill go.sum gaps; -buildvcs=false because the repo's git
-    # metadata says nothing about these third-party binaries.
-    env = dict(os.environ, GOFLAGS=f"{os.environ.get('GOFLAGS', '')} -mod=mod -buildvcs=false".strip())
+    env = dict(os.environ, GOFLAGS=" ".join([os.environ.get("GOFLAGS", ""), *GO_FLAGS]).strip())
     process = subprocess.Popen(
         command, cwd=target.module_dir, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
@@ -148,7 +184,7 @@ def _go_build(target: _Target, package: str, output: Path, label: str, started: 
 
 def ensure_binaries() -> Binaries:
     """Build whatever is missing for the pinned versions, and return where the binaries are."""
-    kube, etcd, k8s_version, etcd_version = _targets()
+    kube, etcd, k8s_version, etcd_version = _targets(GOMOD_DIR, cache_root() / "controlplane", go_environment())
     _build(etcd, f"etcd {etcd_version}")
     _build(kube, f"kube-apiserver and kube-controller-manager {k8s_version}")
     apiserver, controller_manager = kube.binaries()
