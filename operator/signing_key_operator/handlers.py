@@ -15,6 +15,7 @@ import asyncio
 import copy
 import logging
 import random
+import socket
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 GROUP, VERSION, PLURAL = "signingkeys.dev", "v1alpha1", "signingkeypolicies"
 REVOCATION_PLURAL = "tokenrevocations"
+EVENT_SOURCE = "signing-key-operator"
+"""The component named on every Event (source.component and reportingComponent)."""
 
 
 def utc_now() -> datetime:
@@ -223,6 +226,11 @@ def build_registry(runner: PolicyRunner, settings: OperatorSettings) -> kopf.Ope
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.level = logging.INFO
         settings.posting.loggers = False  # only the Events we post on purpose
+        # Events say who posted them (`kubectl describe`'s From column): the operator, as
+        # cert-manager's say cert-manager, not the framework it is built on.
+        settings.posting.reporting_component = EVENT_SOURCE
+        settings.posting.reporting_instance = socket.gethostname()  # the pod's name in a cluster
+        settings.posting.event_name_prefix = f"{EVENT_SOURCE}-"
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         # Event handlers store nothing today; should kopf ever keep progress, it goes to

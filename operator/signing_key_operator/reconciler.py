@@ -355,7 +355,7 @@ def _conditions(
     for kind, (status, reason, message) in wanted:
         before = previous.get(kind)
         unchanged = before is not None and before.get("status") == status
-        since = before["lastTransitionTime"] if unchanged else objects.format_time(now.replace(microsecond=0))
+        since = before["lastTransitionTime"] if unchanged else objects.format_time(now)
         result.append({
             "type": kind, "status": status, "reason": reason, "message": message,
             "lastTransitionTime": since, "observedGeneration": generation,

@@ -214,7 +214,7 @@ def revocation_status(
     previous = next((c for c in current.get("conditions") or [] if c.get("type") == "InForce"), None)
     condition_status = "True" if verdict.in_force else "False"
     unchanged = previous is not None and previous.get("status") == condition_status and previous.get("reason") == verdict.reason
-    since = previous.get("lastTransitionTime") if unchanged else objects.format_time(now.replace(microsecond=0))
+    since = previous.get("lastTransitionTime") if unchanged else objects.format_time(now)
     status = {
         "observedGeneration": metadata.get("generation"),
         "inForce": verdict.in_force,

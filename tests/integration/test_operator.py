@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import datetime, timedelta
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from .harness import FAST_SPEC, Policies, wait_until
+from .harness import FAST_SPEC, Policies, kubectl, wait_until
 
 PUBLISH_AHEAD = timedelta(seconds=4)
 RETENTION = timedelta(seconds=5 + 1 + 2)  # tokenLifetime + clockSkew + secret propagation
@@ -44,6 +45,30 @@ def test_policy_becomes_ready_with_its_key_published_and_the_signing_secret_matc
     configmap = policies.core.read_namespaced_config_map("api-jwks", policies.namespace)
     assert configmap.data["max-age"] == "60"
     assert configmap.metadata.owner_references[0].name == "api"
+
+
+def test_kubectl_users_see_whole_second_times_and_events_from_signing_key_operator(policies, kubeconfig):
+    """What `kubectl get` and `kubectl describe` show: status times as Kubernetes writes its own
+    (RFC 3339, whole seconds), and Events from the operator by name, not from its framework."""
+    policies.create("shown", {**FAST_SPEC, "rotation": {"interval": "1h", "publishAhead": "4s"}})
+    policies.wait_ready("shown")
+    policies.annotate("shown", {"signingkeys.dev/rotate": "now-please"})
+    wait_until(lambda: policies.get("shown")["status"].get("nextKid"), 15, "a next key")
+    status = policies.get("shown")["status"]
+    times = [status["nextRotationTime"]] + [c["lastTransitionTime"] for c in status["conditions"]]
+    times += [value for key in status["keys"] for name, value in key.items() if name in ("created", "activated")]
+    assert len(times) >= 5, status
+    for text in times:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", text), f"{text!r} is not RFC 3339 in whole seconds"
+
+    events = policies.events("shown")
+    assert events, "the operator posted no Event"
+    assert {(e.source.component, e.reporting_component) for e in events} == {("signing-key-operator", "signing-key-operator")}
+    described = kubectl(kubeconfig, "describe", "skp/shown", "-n", policies.namespace)
+    assert described.returncode == 0, described.stderr
+    event_lines = described.stdout.split("Events:", 1)[1].splitlines()
+    assert any("signing-key-operator" in line and "KeyPublished" in line for line in event_lines), described.stdout
+    assert not any(" kopf " in f" {line} " for line in event_lines), described.stdout
 
 
 def test_timer_rotation_publishes_ahead_and_keeps_retired_keys_for_their_retention(policies):

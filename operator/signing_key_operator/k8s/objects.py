@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from ..core.keys import KeyMaterial, KeyMaterialError, load_key
@@ -37,7 +37,16 @@ def _annotation(field: str) -> str:
 
 
 def format_time(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
+    """RFC 3339 in whole seconds (`2026-12-01T06:59:46Z`), truncated as Kubernetes' own
+    metav1.Time is: the form of every time a user reads in status, conditions and Events."""
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def format_record_time(value: datetime) -> str:
+    """RFC 3339 with the microseconds kept, for the lifecycle record in a key Secret's
+    annotations: the planner decides from these, and a time that came back rounded would move
+    a key's publication or retention by up to a second."""
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def parse_time(value: str) -> datetime:
@@ -86,7 +95,7 @@ def key_metadata(record: KeyRecord) -> tuple[dict[str, str], dict[str, str]]:
     for field in _TIME_FIELDS:
         value = getattr(record, field)
         if value is not None:
-            annotations[_annotation(field)] = format_time(value)
+            annotations[_annotation(field)] = format_record_time(value)
     if record.rotate_request is not None:
         annotations[_annotation("rotate_request")] = record.rotate_request
     return labels, annotations
