@@ -1,4 +1,4 @@
-"""core/ stays pure: no kopf, kubernetes or aiohttp, no I/O, no clock reads (see DESIGN.md).
+"""core/ stays pure: no kopf, kubernetes or aiohttp, no I/O, no clock reads (see docs/design.md).
 
 Checked two ways: importing every core module in a fresh interpreter where those packages
 cannot be imported at all, and scanning the source, which also catches an import hidden in a
