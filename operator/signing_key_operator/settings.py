@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 
 from .core.revocations import MAX_CONFIGMAP_BYTES
@@ -62,9 +62,6 @@ class OperatorSettings:
     the API server accepts; a cluster admin may set less, since every watcher of the ConfigMap
     (each JWKS server replica) receives the whole object on every change. Beyond it the stored
     document is kept and the policy says to use the Redis backend."""
-
-    extra_labels: dict[str, str] = field(default_factory=dict)
-    """Labels added to every object the operator creates (e.g. a team or cost-centre label)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.revocation_document_limit <= MAX_CONFIGMAP_BYTES:

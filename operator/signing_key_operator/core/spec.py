@@ -150,7 +150,8 @@ class PolicySpec:
     """``spec.algorithm``, default :data:`DEFAULT_ALGORITHM` (why: see there)."""
     rsa_key_size: int
     """``spec.rsaKeySize``, default :data:`~.keys.DEFAULT_RSA_KEY_SIZE` (why: see there).
-    Used for RS*/PS* only and ignored otherwise, so switching algorithm takes one edit."""
+    Used for RS*/PS* only; the CRD refuses it with any other algorithm, so a spec never carries
+    a setting that does nothing."""
     rotation_interval: timedelta
     """``spec.rotation.interval``: how long each key signs; :data:`DEFAULT_ROTATION_INTERVAL`."""
     publish_ahead: timedelta
