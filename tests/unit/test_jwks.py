@@ -294,6 +294,21 @@ def test_bad_use_and_key_ops():
     refused(doc({**public_jwk("EC"), "key_ops": "verify"}), "invalid_member")
 
 
+_NOT_STRINGS = [None, 7, 1.5, True, [], ["P-256"], {}, {"crv": "P-256"}]
+
+
+@pytest.mark.parametrize("kind", ["RSA", "EC", "OKP"])
+@pytest.mark.parametrize("value", _NOT_STRINGS, ids=repr)
+def test_a_member_that_is_not_a_string_is_refused_never_a_crash(kind, value):
+    """finding 10: a JSON array or object as "crv" raised TypeError (unhashable) instead of a
+    refusal; every member that must be a string is refused the same way, whatever its JSON type."""
+    for member in sorted(set(public_jwk(kind)) | {"use", "alg"}):
+        key = {**public_jwk(kind), member: value}
+        with pytest.raises(InvalidJwkSet) as info:
+            parse_jwk_set(doc(key))
+        assert info.value.reason in {"invalid_member", "missing_kid"}, (member, info.value.reason)
+
+
 def test_messages_name_the_key_but_not_the_material():
     key = public_jwk("RSA")
     key["e"] = "Ag"

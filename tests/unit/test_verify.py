@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import json
 import threading
 import time
 import warnings
@@ -217,6 +218,19 @@ def test_messages_carry_no_key_material(server, clock):
     server.serve(JWKS, render_jwk_set([key().public_jwk()]).replace(b'"kid"', b'"d":"c2VjcmV0","kid"'))
     message = rejected(verifier(server, clock), token())
     assert "invalid" in message and "c2VjcmV0" not in message and key().public_jwk()["x"] not in message
+
+
+def test_a_set_with_a_curve_that_is_not_a_string_is_rejected_and_not_refetched_per_token(server, clock):
+    """finding 10: "crv" as a JSON array escaped as TypeError, not a rejection, and skipped the
+    failed-fetch throttle: 20 tokens, 20 fetches. Now: rejected, and fetched once."""
+    bad = json.loads(render_jwk_set([key().public_jwk()]))
+    bad["keys"][0]["crv"] = ["P-256"]
+    server.serve(JWKS, json.dumps(bad).encode())
+    v = verifier(server, clock)
+    for _ in range(20):
+        message = rejected(v, token())
+        assert "JWK Set" in message and "invalid" in message and "crv" in message and "fail closed" in message
+    assert len(server.requests()) == 1, "a failed fetch is not retried within a second"
 
 
 # --- JWK Set cache -------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ metrics and a message that never contains key material):
 * ANY private member (``d p q dp dq qi oth k``) and every symmetric ``oct`` key: this set is
   public, and a private member here is a key compromise (design invariant 5);
 * a key without the members its ``kty`` needs (RSA ``n e``; EC ``crv x y``; OKP ``crv x``),
+  members of the wrong JSON type (``kty crv alg use`` and the key material must be strings),
   members that are not base64url, or values that do not form a valid public key (EC point not
   on its curve, wrong coordinate length, ...): one malformed key makes some clients (Go
   ``jwkset``, Nimbus) reject the whole set, so it must never be served;
@@ -84,6 +85,7 @@ REASONS = frozenset(
 """Every value :attr:`InvalidJwkSet.reason` can take (bounded: safe as a metric label)."""
 
 _REQUIRED = MappingProxyType({"RSA": ("n", "e"), "EC": ("crv", "x", "y"), "OKP": ("crv", "x")})
+_STRING_MEMBERS = frozenset({"kty", "crv", "alg", "use"})
 
 _EC_CURVES: Mapping[str, tuple[ec.EllipticCurve, int]] = MappingProxyType({
     "P-256": (ec.SECP256R1(), 32),
@@ -260,17 +262,20 @@ def _validate_key(i: int, key: Mapping[str, Any]) -> None:
         raise InvalidJwkSet("missing_kid", f'{where} has no "kid"')
     if not isinstance(kid, str) or not kid:
         raise InvalidJwkSet("missing_kid", f'{where}: "kid" must be a non-empty string')
-    kty = key.get("kty")
-    if not isinstance(kty, str) or not kty:
+    if "kty" not in key:
         raise InvalidJwkSet("missing_member", f'{where} has no "kty"')
+    # Before any lookup by value: a JSON array or object is unhashable, and a TypeError here would
+    # escape as a crash rather than a refusal (the sidecar's source restarting, the verifier
+    # skipping its failure throttle). n, e, x and y are checked where they are decoded.
+    for member in _STRING_MEMBERS.intersection(key):
+        if not isinstance(key[member], str) or not key[member]:
+            raise InvalidJwkSet("invalid_member", f'{where}: "{member}" must be a non-empty string')
+    kty = key["kty"]
     if kty not in _REQUIRED:
         raise InvalidJwkSet("unsupported_kty", f"{where} has unsupported kty {_show(kty)} (expected RSA, EC or OKP)")
     missing = [m for m in _REQUIRED[kty] if m not in key]
     if missing:
         raise InvalidJwkSet("missing_member", f"{where} ({kty}) lacks required member(s) {', '.join(missing)}")
-    for member in ("alg", "use"):
-        if member in key and (not isinstance(key[member], str) or not key[member]):
-            raise InvalidJwkSet("invalid_member", f'{where}: "{member}" must be a non-empty string')
     if "use" in key and key["use"] not in ("sig", "enc"):
         raise InvalidJwkSet("invalid_member", f'{where}: "use" must be "sig" or "enc"')
     if "key_ops" in key and (
