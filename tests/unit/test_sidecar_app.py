@@ -248,6 +248,31 @@ async def test_bad_content_is_refused_counted_and_last_good_set_kept(reason, cap
                 assert value not in logged
 
 
+async def test_private_material_outside_the_keys_known_members_is_never_served():
+    """finding 4: a set with a top-level "d", or a key with a nested "private": {"d": ...}, was
+    served as stored, private value included. Now refused as private material; the last good set
+    stays served with its own ETag, and before any good set nothing is served at all."""
+    secret = private_jwk("EC")["d"]
+    good = body_of(jwk("EC"))
+    leaks = [
+        json.dumps({"keys": [jwk("EC")], "d": secret}).encode(),
+        json.dumps({"keys": [{**jwk("OKP"), "private": {"d": secret}}]}).encode(),
+    ]
+    async with serve() as (client, state):
+        for leak in leaks:
+            assert state.offer(leak, origin="test") is Outcome.REFUSED
+            assert state.last_refusal.reason == "private_member" and secret not in state.last_refusal.message
+            assert (await client.get(JWKS)).status == 503
+        assert state.offer(good, origin="test") is Outcome.LOADED
+        for leak in leaks:
+            assert state.offer(leak, origin="test") is Outcome.REFUSED
+            reply = await client.get(JWKS)
+            assert await reply.read() == good and secret.encode() not in good
+            assert reply.headers["ETag"] == '"' + hashlib.sha256(good).hexdigest() + '"'
+        samples = metric_samples(await (await client.get("/metrics")).text())
+        assert samples[("signing_key_sidecar_jwks_reloads_refused_total", (("reason", "private_member"),))] == 4
+
+
 async def test_apply_configmap_shared_logic():
     good, newer = body_of(jwk("EC")), body_of(jwk("EC"), jwk("RSA"))
     async with serve() as (client, state):
