@@ -25,6 +25,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+from .core.jwks import InvalidJwkSet, parse_jwk_set
 from .core.keys import ALGORITHMS
 from .core.spec import PolicySpec, SpecError
 
@@ -128,13 +129,21 @@ def revoke(api_client, namespace: str, policy_name: str, token: str, *, reason: 
     return f"revoked {what}: TokenRevocation {namespace}/{name} created (kubectl get tokrev -n {namespace} {name})"
 
 
-def verified_claims(token: str, jwks: dict[str, Any]) -> dict[str, Any]:
+def verified_claims(token: str, published: str) -> dict[str, Any]:
+    """The claims of ``token`` verified against ``published`` (the policy's ``jwks.json``), which
+    is checked first by the rules the sidecar serves by: a set it would refuse is refused here
+    too, with its reason, rather than handed to joserfc (a JSON array as kty made it raise
+    TypeError)."""
     from joserfc import jwt
     from joserfc.errors import JoseError
     from joserfc.jwk import KeySet
 
     try:
-        decoded = jwt.decode(token, KeySet.import_key_set(jwks), algorithms=list(ALGORITHMS))
+        jwks = parse_jwk_set(published)
+    except InvalidJwkSet as error:
+        raise Refusal(f"the policy's published JWK Set is invalid ({error}); the sidecar does not serve it either") from None
+    try:
+        decoded = jwt.decode(token, KeySet.import_key_set(jwks.to_dict()), algorithms=list(ALGORITHMS))
     except (JoseError, ValueError) as error:
         # The class name and joserfc's short code only: never the token itself.
         raise Refusal(f"the token does not verify against the policy's published keys ({type(error).__name__}); "
@@ -142,7 +151,7 @@ def verified_claims(token: str, jwks: dict[str, Any]) -> dict[str, Any]:
     return dict(decoded.claims)
 
 
-def _published_jwks(api_client, namespace: str, spec: PolicySpec) -> dict[str, Any]:
+def _published_jwks(api_client, namespace: str, spec: PolicySpec) -> str:
     from kubernetes import client
     from kubernetes.client.rest import ApiException
 
@@ -152,7 +161,7 @@ def _published_jwks(api_client, namespace: str, spec: PolicySpec) -> dict[str, A
         if error.status == 404:
             raise Refusal(f"ConfigMap {spec.jwks_config_map_name} (the policy's JWKS) not found: is the operator running?") from None
         raise
-    return json.loads((configmap.data or {}).get("jwks.json") or '{"keys":[]}')
+    return (configmap.data or {}).get("jwks.json") or ""
 
 
 def _in_cluster() -> bool:
