@@ -7,7 +7,8 @@ ours, or is forged, would only add noise. Then:
 * an already expired token (exp + clockSkew in the past) needs nothing: every verifier refuses
   it already; nothing is created;
 * with a ``jti``: a TokenRevocation of that jti until the token's exp (named after the jti's
-  digest, so running the command twice creates one object);
+  digest, so running the command twice creates one object). A jti that is not a string (RFC
+  7519 makes it one) is refused, never revoked by its string form, which nothing would match;
 * without a ``jti``, or with ``--by-subject``: every token of its ``sub`` issued up to now. That
   is wider than one token, so it needs ``--by-subject`` to be said out loud.
 
@@ -96,6 +97,14 @@ def revoke(api_client, namespace: str, policy_name: str, token: str, *, reason: 
         return (f"the token expired at {_iso(exp)} (+{skew:g}s clockSkew): every verifier refuses it already; "
                 "nothing to revoke, no TokenRevocation created")
     jti, subject = claims.get("jti"), claims.get("sub")
+    if not by_subject and jti is not None and not isinstance(jti, str):
+        # Never its string form: 123 and "123" are different jtis, and a revocation of "123" is not
+        # matched against a numeric jti (the Python verifier refuses such a token outright).
+        way_out = (f"--by-subject revokes every token of subject {subject!r} issued up to now"
+                   if isinstance(subject, str) and subject
+                   else "revoke its key (kubectl annotate skp/NAME signingkeys.dev/revoke-kid=<kid>)")
+        raise Refusal("the token's jti is not a string (RFC 7519 makes a jti a case-sensitive string), so no "
+                      f"revocation by jti can match it and none was created; {way_out}")
     if by_subject or jti is None:
         if not isinstance(subject, str) or not subject:
             raise Refusal("the token has neither a jti nor a sub claim: it cannot be revoked on its own; revoke its key "
@@ -111,8 +120,8 @@ def revoke(api_client, namespace: str, policy_name: str, token: str, *, reason: 
         if not isinstance(exp, (int, float)):
             raise Refusal("the token has a jti but no exp: a revocation must end, and this token never expires; "
                           "revoke by subject (--by-subject) or revoke its key")
-        name = f"{policy_name}-jti-{_digest(str(jti))}"
-        spec_body = {"policyName": policy_name, "jti": str(jti), "expiresAt": _iso(math.ceil(exp))}
+        name = f"{policy_name}-jti-{_digest(jti)}"
+        spec_body = {"policyName": policy_name, "jti": jti, "expiresAt": _iso(math.ceil(exp))}
         what = f"the token with jti {jti!r} (expires {_iso(exp)})"
     if reason:
         spec_body["reason"] = reason

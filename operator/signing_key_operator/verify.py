@@ -272,7 +272,12 @@ class Verifier:
 
     def is_revoked(self, claims: Mapping[str, Any]) -> str | None:
         """Why these verified claims are revoked, or None; raises :class:`TokenRejected` when
-        the revocation source cannot be read (fail closed)."""
+        the revocation source cannot be read, or the jti is not a string (fail closed)."""
+        if "jti" in claims and not isinstance(claims["jti"], str):
+            # Revocations name string jtis (RFC 7519 makes a jti a string); matching a number by
+            # its string form would conflate 123 and "123". Such a token cannot be checked.
+            raise TokenRejected("token refused: claim jti is not a string, so it cannot be checked against the "
+                                "revocations (fail closed)")
         if self._revocations is not None:
             document: RevocationDocument = self._revocations.get()
             if document.backend != "redis":

@@ -332,6 +332,20 @@ def test_refuses_a_revoked_jti_and_a_revoked_subjects_older_tokens(server, clock
     assert len(server.requests(REVOCATIONS)) == 1, "the document is cached like the key set"
 
 
+def test_a_jti_that_is_not_a_string_is_rejected_never_taken_as_not_revoked(server, clock):
+    """finding 5: revocations match string jtis, so a numeric jti was never found revoked:
+    is_revoked said None. One rule everywhere: a jti is a string (RFC 7519), a token whose jti
+    is anything else is rejected (fail closed), and revoke-token refuses to revoke it by jti."""
+    server.serve(REVOCATIONS, revocations(jti={"123": int(T0) + 400}))
+    v = verifier(server, clock, revocations_url=server.url(REVOCATIONS))
+    for jti in (123, 12.5, True, None, ["123"]):
+        assert "jti" in rejected(v, token(jti=jti))
+        with pytest.raises(TokenRejected, match="jti is not a string"):
+            v.is_revoked({"jti": jti, "sub": "alice", "iat": int(T0)})
+    assert "jti 123 is revoked" in rejected(v, token(jti="123"), RevokedToken)
+    assert v.is_revoked({"sub": "alice", "iat": int(T0)}) is None, "no jti at all: nothing to check"
+
+
 def test_revocation_document_is_cached_and_revalidated(server, clock):
     server.serve(REVOCATIONS, revocations(), max_age=30)
     v = verifier(server, clock, revocations_url=server.url(REVOCATIONS))
@@ -437,6 +451,18 @@ def test_redis_document_switches_to_redis(server, clock, redis_server):
     clock.advance(61)
     rejected(v, token(jti="j-ok", now=clock.now), RevokedToken)
     assert v.verify(token(jti="j-bad", now=clock.now)), "the document, not Redis, decides now"
+
+
+def test_redis_backend_rejects_a_jti_that_is_not_a_string(server, clock, redis_server):
+    """finding 5, with Redis: a numeric jti made is_revoked skip the jti key and say None."""
+    now = time.time()
+    load_entries(redis_server.url, jti={"123": int(now) + 600})
+    clock.now = now
+    v = verifier(server, clock, redis_url=redis_server.url, redis_prefix=PREFIX)
+    with pytest.raises(TokenRejected, match="jti is not a string"):
+        v.is_revoked({"jti": 123, "sub": "alice", "iat": int(now)})
+    assert "jti" in rejected(v, token(jti=123, now=now))
+    rejected(v, token(jti="123", now=now), RevokedToken)
 
 
 def test_redis_killed_fails_closed_and_restarted_recovers(server, clock, redis_server):
