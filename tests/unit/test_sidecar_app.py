@@ -503,3 +503,29 @@ async def test_without_a_revocation_source_the_path_says_so():
         reply = await client.get(REVOCATIONS_PATH)
         assert reply.status == 404 and (await reply.json())["error"] == "revocations_not_configured"
         assert (await client.get("/readyz")).status == 200
+
+
+async def test_a_max_age_of_any_length_never_holds_back_an_update():
+    """finding 11: an annotation of more than 4300 digits made int() raise, and the whole update,
+    revocation included, was dropped. Now such a value is ignored like any invalid max-age (the
+    data key, else the default, applies), counted once, and the document is served."""
+    huge = "9" * 5000
+    newer = b'{"backend":"configmap","jti":{"j1":1900000000,"j2":1900000000},"sub":{}}\n'
+    async with serve_revocations(REVOKED) as (client, state):
+        cm = {"metadata": {"annotations": {MAX_AGE_ANNOTATION: huge}}, "data": {"revocations.json": newer.decode()}}
+        assert apply_configmap(state, cm, key="revocations.json", origin="cm") is Outcome.LOADED
+        reply = await client.get(REVOCATIONS_PATH)
+        assert await reply.read() == newer and reply.headers["Cache-Control"] == "public, max-age=60"
+        cm["data"]["max-age"] = "0" * 5000 + "30"  # leading zeros of any length: still 30
+        assert apply_configmap(state, cm, key="revocations.json", origin="cm") is Outcome.UNCHANGED
+        assert (await client.get(REVOCATIONS_PATH)).headers["Cache-Control"] == "public, max-age=30"
+        metrics = metric_samples(await (await client.get("/metrics")).text())
+        assert metrics[("signing_key_sidecar_revocations_max_age_ignored_total", ())] == 1, "the same value: once"
+        assert metrics[("signing_key_sidecar_jwks_max_age_ignored_total", ())] == 0
+    async with serve(body=body_of(jwk("EC"))) as (client, state):
+        newer_set = body_of(jwk("EC"), jwk("OKP"))
+        cm = {"metadata": {"annotations": {MAX_AGE_ANNOTATION: huge}}, "data": {"jwks.json": newer_set.decode()}}
+        assert apply_configmap(state, cm, origin="cm") is Outcome.LOADED
+        assert await (await client.get(JWKS)).read() == newer_set
+        metrics = metric_samples(await (await client.get("/metrics")).text())
+        assert metrics[("signing_key_sidecar_jwks_max_age_ignored_total", ())] == 1
