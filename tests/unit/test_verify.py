@@ -360,6 +360,21 @@ def test_revocation_document_is_cached_and_revalidated(server, clock):
     assert [status for _, status in server.requests(REVOCATIONS)] == [200, 200, 304]
 
 
+def test_a_max_age_beyond_the_cap_still_lets_a_revocation_through(server, clock):
+    """A max-age of thousands of digits became float("inf"): the first document was kept for
+    ever and a later revocation never seen (the rule of finding 11, in the verifier). Now no
+    document is used longer than max_cache_age (24 h by default) without asking again."""
+    day = 86400
+    server.docs[REVOCATIONS] = (revocations(), "public, max-age=" + "9" * 5000)
+    v = verifier(server, clock, revocations_url=server.url(REVOCATIONS))
+    assert v.verify(token(jti="j-x", lifetime=2 * day))
+    server.serve(REVOCATIONS, revocations(jti={"j-x": int(T0) + 2 * day}), max_age=30)
+    clock.advance(day - 1)
+    assert v.verify(token(jti="j-x", lifetime=2 * day)), "within max_cache_age: the cached document"
+    clock.advance(2)
+    rejected(v, token(jti="j-x", lifetime=2 * day), RevokedToken)
+
+
 def test_fails_closed_when_the_revocation_url_is_down(server, clock):
     v = verifier(server, clock, revocations_url=f"http://127.0.0.1:{free_port()}{REVOCATIONS}")
     message = rejected(v, token())
