@@ -7,7 +7,8 @@ ours, or is forged, would only add noise. Then:
 * an already expired token (exp + clockSkew in the past) needs nothing: every verifier refuses
   it already; nothing is created;
 * with a ``jti``: a TokenRevocation of that jti until the token's exp (named after the jti's
-  digest, so running the command twice creates one object);
+  digest, so running the command twice creates one object). A jti that is not a string (RFC
+  7519 makes it one) is refused, never revoked by its string form, which nothing would match;
 * without a ``jti``, or with ``--by-subject``: every token of its ``sub`` issued up to now. That
   is wider than one token, so it needs ``--by-subject`` to be said out loud.
 
@@ -25,6 +26,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+from .core.jwks import InvalidJwkSet, parse_jwk_set
 from .core.keys import ALGORITHMS
 from .core.spec import PolicySpec, SpecError
 
@@ -95,6 +97,14 @@ def revoke(api_client, namespace: str, policy_name: str, token: str, *, reason: 
         return (f"the token expired at {_iso(exp)} (+{skew:g}s clockSkew): every verifier refuses it already; "
                 "nothing to revoke, no TokenRevocation created")
     jti, subject = claims.get("jti"), claims.get("sub")
+    if not by_subject and jti is not None and not isinstance(jti, str):
+        # Never its string form: 123 and "123" are different jtis, and a revocation of "123" is not
+        # matched against a numeric jti (the Python verifier refuses such a token outright).
+        way_out = (f"--by-subject revokes every token of subject {subject!r} issued up to now"
+                   if isinstance(subject, str) and subject
+                   else "revoke its key (kubectl annotate skp/NAME signingkeys.dev/revoke-kid=<kid>)")
+        raise Refusal("the token's jti is not a string (RFC 7519 makes a jti a case-sensitive string), so no "
+                      f"revocation by jti can match it and none was created; {way_out}")
     if by_subject or jti is None:
         if not isinstance(subject, str) or not subject:
             raise Refusal("the token has neither a jti nor a sub claim: it cannot be revoked on its own; revoke its key "
@@ -110,8 +120,8 @@ def revoke(api_client, namespace: str, policy_name: str, token: str, *, reason: 
         if not isinstance(exp, (int, float)):
             raise Refusal("the token has a jti but no exp: a revocation must end, and this token never expires; "
                           "revoke by subject (--by-subject) or revoke its key")
-        name = f"{policy_name}-jti-{_digest(str(jti))}"
-        spec_body = {"policyName": policy_name, "jti": str(jti), "expiresAt": _iso(math.ceil(exp))}
+        name = f"{policy_name}-jti-{_digest(jti)}"
+        spec_body = {"policyName": policy_name, "jti": jti, "expiresAt": _iso(math.ceil(exp))}
         what = f"the token with jti {jti!r} (expires {_iso(exp)})"
     if reason:
         spec_body["reason"] = reason
@@ -128,13 +138,21 @@ def revoke(api_client, namespace: str, policy_name: str, token: str, *, reason: 
     return f"revoked {what}: TokenRevocation {namespace}/{name} created (kubectl get tokrev -n {namespace} {name})"
 
 
-def verified_claims(token: str, jwks: dict[str, Any]) -> dict[str, Any]:
+def verified_claims(token: str, published: str) -> dict[str, Any]:
+    """The claims of ``token`` verified against ``published`` (the policy's ``jwks.json``), which
+    is checked first by the rules the sidecar serves by: a set it would refuse is refused here
+    too, with its reason, rather than handed to joserfc (a JSON array as kty made it raise
+    TypeError)."""
     from joserfc import jwt
     from joserfc.errors import JoseError
     from joserfc.jwk import KeySet
 
     try:
-        decoded = jwt.decode(token, KeySet.import_key_set(jwks), algorithms=list(ALGORITHMS))
+        jwks = parse_jwk_set(published)
+    except InvalidJwkSet as error:
+        raise Refusal(f"the policy's published JWK Set is invalid ({error}); the sidecar does not serve it either") from None
+    try:
+        decoded = jwt.decode(token, KeySet.import_key_set(jwks.to_dict()), algorithms=list(ALGORITHMS))
     except (JoseError, ValueError) as error:
         # The class name and joserfc's short code only: never the token itself.
         raise Refusal(f"the token does not verify against the policy's published keys ({type(error).__name__}); "
@@ -142,7 +160,7 @@ def verified_claims(token: str, jwks: dict[str, Any]) -> dict[str, Any]:
     return dict(decoded.claims)
 
 
-def _published_jwks(api_client, namespace: str, spec: PolicySpec) -> dict[str, Any]:
+def _published_jwks(api_client, namespace: str, spec: PolicySpec) -> str:
     from kubernetes import client
     from kubernetes.client.rest import ApiException
 
@@ -152,7 +170,7 @@ def _published_jwks(api_client, namespace: str, spec: PolicySpec) -> dict[str, A
         if error.status == 404:
             raise Refusal(f"ConfigMap {spec.jwks_config_map_name} (the policy's JWKS) not found: is the operator running?") from None
         raise
-    return json.loads((configmap.data or {}).get("jwks.json") or '{"keys":[]}')
+    return (configmap.data or {}).get("jwks.json") or ""
 
 
 def _in_cluster() -> bool:

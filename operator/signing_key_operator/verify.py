@@ -6,9 +6,10 @@
     claims = verifier.verify(token)        # or raises TokenRejected / RevokedToken
 
 Both documents are fetched with urllib and cached as HTTP says: ``Cache-Control: max-age``
-(else ``default_max_age``), then revalidated with ``If-None-Match`` (a 304 keeps the cached
-copy). A token signed with a kid the cached set does not know causes one refetch, at most once
-per ``unknown_kid_cooldown`` seconds, so a flood of made-up kids cannot hammer the sidecar.
+(else ``default_max_age``; never longer than ``max_cache_age``), then revalidated with
+``If-None-Match`` (a 304 keeps the cached copy). A token signed with a kid the cached set does
+not know causes one refetch, at most once per ``unknown_kid_cooldown`` seconds, so a flood of
+made-up kids cannot hammer the sidecar.
 
 ``exp`` is required (a token without it would never expire, and a jti revocation ends with
 the token's exp); ``iss`` and ``aud`` are checked when ``issuer`` / ``audience`` are given.
@@ -90,9 +91,10 @@ class _Document:
     """One HTTP document, cached by max-age and revalidated by ETag; a lock around refresh."""
 
     def __init__(self, url: str, parse: Callable[[bytes], Any], what: str, *, timeout: float,
-                 default_max_age: float, clock: Callable[[], float]) -> None:
+                 default_max_age: float, max_cache_age: float, clock: Callable[[], float]) -> None:
         self._url, self._parse, self._what = url, parse, what
         self._timeout, self._default_max_age, self._clock = timeout, default_max_age, clock
+        self._max_cache_age = max_cache_age
         self._lock = threading.Lock()
         self._cached: _Cached | None = None
         self._last_forced = float("-inf")
@@ -141,7 +143,7 @@ class _Document:
                 headers = response.headers
         except urllib.error.HTTPError as error:
             if error.code == 304 and cached is not None:
-                max_age = _max_age(error.headers.get("Cache-Control"), cached.max_age)
+                max_age = self._max_age(error.headers.get("Cache-Control"), cached.max_age)
                 return replace(cached, etag=error.headers.get("ETag") or cached.etag, max_age=max_age,
                                expires=started + max_age)
             raise TokenRejected(f"{self._what} unavailable: {self._url} answered HTTP {error.code}; "
@@ -158,8 +160,11 @@ class _Document:
         except (InvalidJwkSet, InvalidRevocationDocument, JoseError, ValueError) as error:
             raise TokenRejected(f"{self._what} from {self._url} is invalid ({error}); "
                                 "token rejected (fail closed)") from None
-        max_age = _max_age(headers.get("Cache-Control"), self._default_max_age)
+        max_age = self._max_age(headers.get("Cache-Control"), self._default_max_age)
         return _Cached(value, headers.get("ETag"), max_age, started + max_age)
+
+    def _max_age(self, cache_control: str | None, fallback: float) -> float:
+        return min(_max_age(cache_control, fallback), self._max_cache_age)
 
 
 def _max_age(cache_control: str | None, fallback: float) -> float:
@@ -194,6 +199,7 @@ class Verifier:
         algorithms: Sequence[str] = DEFAULT_ALGORITHMS,
         leeway: float = 60.0,
         default_max_age: float = 60.0,
+        max_cache_age: float = 86400.0,
         unknown_kid_cooldown: float = 30.0,
         timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
@@ -218,6 +224,10 @@ class Verifier:
         self.default_max_age = default_max_age
         """Cache lifetime when a response has no max-age: 60 s, the sidecar's usual max-age, so
         a new key or revocation is seen within a minute even behind a proxy that drops headers."""
+        self.max_cache_age = max_cache_age
+        """Longest a document is used without asking again, whatever its max-age says: 24 h, the
+        longest spec.jwks.maxAge a policy allows. A longer one (a proxy's, or thousands of digits,
+        which float() makes infinite) would otherwise keep a revocation from ever being seen."""
         self.unknown_kid_cooldown = unknown_kid_cooldown
         """At most one refetch per this many seconds for unknown kids: 30 s bounds the load
         made-up kids can cause, while a freshly rotated-in key is still found at its first use
@@ -230,7 +240,7 @@ class Verifier:
         if redis_url is not None and not redis_prefix:
             raise ValueError("redis_prefix is required with redis_url: the policy's key prefix "
                              "(by default signingkeys:<namespace>/<policy>:)")
-        common = {"timeout": timeout, "default_max_age": default_max_age, "clock": clock}
+        common = {"timeout": timeout, "default_max_age": default_max_age, "max_cache_age": max_cache_age, "clock": clock}
         self._keys = _Document(jwks_url, _parse_key_set, "JWK Set", **common)
         self._revocations = (
             _Document(revocations_url, parse_revocation_document, "revocation document", **common)
@@ -272,7 +282,12 @@ class Verifier:
 
     def is_revoked(self, claims: Mapping[str, Any]) -> str | None:
         """Why these verified claims are revoked, or None; raises :class:`TokenRejected` when
-        the revocation source cannot be read (fail closed)."""
+        the revocation source cannot be read, or the jti is not a string (fail closed)."""
+        if "jti" in claims and not isinstance(claims["jti"], str):
+            # Revocations name string jtis (RFC 7519 makes a jti a string); matching a number by
+            # its string form would conflate 123 and "123". Such a token cannot be checked.
+            raise TokenRejected("token refused: claim jti is not a string, so it cannot be checked against the "
+                                "revocations (fail closed)")
         if self._revocations is not None:
             document: RevocationDocument = self._revocations.get()
             if document.backend != "redis":

@@ -234,6 +234,27 @@ def test_revoke_token_verifies_the_token_and_creates_its_revocation_once(kubecon
     assert forged not in refused.stderr and forged.split(".")[1] not in refused.stderr
 
 
+def test_revoke_token_refuses_a_numeric_jti_and_creates_nothing(kubeconfig, policies, revocations):
+    """finding 5: revoke-token stringified a numeric jti, created a revocation of "123" and said
+    it had revoked the token, which no verifier matched against the number. Now refused, with
+    the way out; --by-subject still revokes the token's subject."""
+    policies.create("api", {**FAST_SPEC, "tokenLifetime": "1h"})
+    policies.wait_ready("api")
+    now = int(time.time())
+    numeric = _sign(policies, "api", {"sub": "dave", "jti": 123, "iat": now, "exp": now + 600})
+
+    refused = _revoke_token(kubeconfig, policies.namespace, "--policy", "api", token=numeric)
+    assert refused.returncode == 1, refused.stdout
+    assert "jti is not a string" in refused.stderr and "--by-subject" in refused.stderr and "dave" in refused.stderr
+    assert revocations.objects.list_namespaced_custom_object(
+        "signingkeys.dev", "v1alpha1", policies.namespace, "tokenrevocations")["items"] == []
+
+    by_subject = _revoke_token(kubeconfig, policies.namespace, "--policy", "api", "--by-subject", token=numeric)
+    assert by_subject.returncode == 0, by_subject.stderr
+    wait_until(lambda: "dave" in revocations.document("api-revocations")["sub"], 10, "the subject published")
+    assert revocations.document("api-revocations")["jti"] == {}
+
+
 # ---------------------------------------------------------------- Redis backend
 
 

@@ -124,9 +124,41 @@ def test_parse_valid_set_exposes_kids_and_algs():
     assert validate_jwk_set({"keys": keys}).kids == jwks.kids
 
 
-def test_parse_accepts_str_and_extra_members():
-    key = {**public_jwk("EC"), "x5t#S256": "abc", "key_ops": ["verify"], "custom": {"a": 1}}
-    assert parse_jwk_set(json.dumps({"keys": [key], "extra": True})).kids == (key["kid"],)
+def test_parse_accepts_str_and_key_ops():
+    key = {**public_jwk("EC"), "key_ops": ["verify"]}
+    assert parse_jwk_set(json.dumps({"keys": [key]})).keys == (key,)
+
+
+SECRET = "c2VjcmV0LXZhbHVlLW5ldmVyLXNob3du"
+
+
+@pytest.mark.parametrize(
+    ("document", "reason"),
+    [
+        ({"keys": [public_jwk("EC")], "d": SECRET}, "private_member"),
+        ({"keys": [{**public_jwk("EC"), "private": {"d": SECRET}}]}, "private_member"),
+        ({"keys": [{**public_jwk("RSA"), "backup": [{"p": SECRET, "q": SECRET}]}]}, "private_member"),
+        ({"keys": [public_jwk("OKP")], "meta": {"rotation": [{"d": SECRET}]}}, "private_member"),
+        ({"keys": [public_jwk("EC")], "note": SECRET}, "unknown_member"),
+        ({"keys": [{**public_jwk("EC"), "x5t#S256": SECRET}]}, "unknown_member"),
+        ({"keys": [{**public_jwk("EC"), "ext": {"v": SECRET}}]}, "unknown_member"),
+        ({"keys": [{**public_jwk("RSA"), "x": SECRET}]}, "unknown_member"),
+        ({"keys": [{**public_jwk("OKP"), "y": SECRET}]}, "unknown_member"),
+        ({"keys": [{**public_jwk("EC"), SECRET: 1}]}, "unknown_member"),
+    ],
+    ids=["top-level d", "d nested in a key", "p q in a list in a key", "d nested beside the keys",
+         "unknown top-level member", "x5t#S256", "unknown object in a key", "EC member in an RSA key",
+         "EC member in an OKP key", "secret as a member name"],
+)
+def test_only_the_public_members_of_each_key_type_are_accepted(document, reason):
+    """finding 4: only each key's known private members were checked, so a top-level "d" or a
+    nested "private": {"d": ...} was served, private value included. Now only an allow-list of
+    public members per key type (and "keys" at the top level) passes; a private member name at
+    any depth is reported as such."""
+    exc = refused(json.dumps(document), reason)
+    assert SECRET not in str(exc) and SECRET[:17] not in str(exc)
+    if reason == "private_member":
+        assert "private member(s)" in str(exc)
 
 
 # ---------------------------------------------------------------- parse: every refusal
@@ -292,6 +324,21 @@ def test_bad_use_and_key_ops():
     refused(doc({**public_jwk("EC"), "use": "sign"}), "invalid_member")
     refused(doc({**public_jwk("EC"), "alg": ""}), "invalid_member")
     refused(doc({**public_jwk("EC"), "key_ops": "verify"}), "invalid_member")
+
+
+_NOT_STRINGS = [None, 7, 1.5, True, [], ["P-256"], {}, {"crv": "P-256"}]
+
+
+@pytest.mark.parametrize("kind", ["RSA", "EC", "OKP"])
+@pytest.mark.parametrize("value", _NOT_STRINGS, ids=repr)
+def test_a_member_that_is_not_a_string_is_refused_never_a_crash(kind, value):
+    """finding 10: a JSON array or object as "crv" raised TypeError (unhashable) instead of a
+    refusal; every member that must be a string is refused the same way, whatever its JSON type."""
+    for member in sorted(set(public_jwk(kind)) | {"use", "alg"}):
+        key = {**public_jwk(kind), member: value}
+        with pytest.raises(InvalidJwkSet) as info:
+            parse_jwk_set(doc(key))
+        assert info.value.reason in {"invalid_member", "missing_kid"}, (member, info.value.reason)
 
 
 def test_messages_name_the_key_but_not_the_material():

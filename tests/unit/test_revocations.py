@@ -137,6 +137,30 @@ def test_content_the_operator_could_not_have_written_is_refused(content, reason)
     assert refused.value.reason == reason
 
 
+_EMPTY = '{"backend":"configmap","jti":{},"sub":{}}'
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b'{"backend":"configmap","jti":{},"sub":{},"d":"c2VjcmV0"}', "unknown_members"),
+    (b'{"backend":"configmap","jti":{"j":{"d":"c2VjcmV0"}},"sub":{}}', "bad_entry"),
+    (b'{"backend":"configmap","jti":{},"sub":{"s":{"issuedBefore":1,"until":2,"d":"c2VjcmV0"}}}', "bad_entry"),
+    (b'{"backend":"configmap","jti":{"j\\n":1},"sub":{}}', "bad_entry"),
+    (_EMPTY.encode("utf-16"), "not_utf8"),
+    (_EMPTY.encode("utf-32"), "not_utf8"),
+    (b"\xef\xbb\xbf" + _EMPTY.encode(), "not_json"),
+], ids=["top-level member", "object as a jti entry", "extra member in a subject entry", "jti ending in a newline",
+        "UTF-16", "UTF-32", "byte order mark"])
+def test_only_what_the_operator_writes_is_served_as_a_revocation_document(content, reason):
+    """finding 4, the revocation document: it is served byte for byte, so nothing passes that the
+    operator could not have written. Every member was already on an allow-list (the first three
+    cases held before); a jti ending in a newline (the pattern's "$") and UTF-16/UTF-32 bodies
+    (json.loads detects them) passed."""
+    with pytest.raises(InvalidRevocationDocument) as refused:
+        parse_revocation_document(content)
+    assert refused.value.reason == reason
+    assert "c2VjcmV0" not in str(refused.value)
+
+
 def test_the_document_is_canonical():
     document = RevocationDocument(jti={"b": 2, "a": 1}, sub={"z": SubjectEntry(1, 2)})
     body = document.render()

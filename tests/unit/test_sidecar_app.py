@@ -248,6 +248,31 @@ async def test_bad_content_is_refused_counted_and_last_good_set_kept(reason, cap
                 assert value not in logged
 
 
+async def test_private_material_outside_the_keys_known_members_is_never_served():
+    """finding 4: a set with a top-level "d", or a key with a nested "private": {"d": ...}, was
+    served as stored, private value included. Now refused as private material; the last good set
+    stays served with its own ETag, and before any good set nothing is served at all."""
+    secret = private_jwk("EC")["d"]
+    good = body_of(jwk("EC"))
+    leaks = [
+        json.dumps({"keys": [jwk("EC")], "d": secret}).encode(),
+        json.dumps({"keys": [{**jwk("OKP"), "private": {"d": secret}}]}).encode(),
+    ]
+    async with serve() as (client, state):
+        for leak in leaks:
+            assert state.offer(leak, origin="test") is Outcome.REFUSED
+            assert state.last_refusal.reason == "private_member" and secret not in state.last_refusal.message
+            assert (await client.get(JWKS)).status == 503
+        assert state.offer(good, origin="test") is Outcome.LOADED
+        for leak in leaks:
+            assert state.offer(leak, origin="test") is Outcome.REFUSED
+            reply = await client.get(JWKS)
+            assert await reply.read() == good and secret.encode() not in good
+            assert reply.headers["ETag"] == '"' + hashlib.sha256(good).hexdigest() + '"'
+        samples = metric_samples(await (await client.get("/metrics")).text())
+        assert samples[("signing_key_sidecar_jwks_reloads_refused_total", (("reason", "private_member"),))] == 4
+
+
 async def test_apply_configmap_shared_logic():
     good, newer = body_of(jwk("EC")), body_of(jwk("EC"), jwk("RSA"))
     async with serve() as (client, state):
@@ -478,3 +503,29 @@ async def test_without_a_revocation_source_the_path_says_so():
         reply = await client.get(REVOCATIONS_PATH)
         assert reply.status == 404 and (await reply.json())["error"] == "revocations_not_configured"
         assert (await client.get("/readyz")).status == 200
+
+
+async def test_a_max_age_of_any_length_never_holds_back_an_update():
+    """finding 11: an annotation of more than 4300 digits made int() raise, and the whole update,
+    revocation included, was dropped. Now such a value is ignored like any invalid max-age (the
+    data key, else the default, applies), counted once, and the document is served."""
+    huge = "9" * 5000
+    newer = b'{"backend":"configmap","jti":{"j1":1900000000,"j2":1900000000},"sub":{}}\n'
+    async with serve_revocations(REVOKED) as (client, state):
+        cm = {"metadata": {"annotations": {MAX_AGE_ANNOTATION: huge}}, "data": {"revocations.json": newer.decode()}}
+        assert apply_configmap(state, cm, key="revocations.json", origin="cm") is Outcome.LOADED
+        reply = await client.get(REVOCATIONS_PATH)
+        assert await reply.read() == newer and reply.headers["Cache-Control"] == "public, max-age=60"
+        cm["data"]["max-age"] = "0" * 5000 + "30"  # leading zeros of any length: still 30
+        assert apply_configmap(state, cm, key="revocations.json", origin="cm") is Outcome.UNCHANGED
+        assert (await client.get(REVOCATIONS_PATH)).headers["Cache-Control"] == "public, max-age=30"
+        metrics = metric_samples(await (await client.get("/metrics")).text())
+        assert metrics[("signing_key_sidecar_revocations_max_age_ignored_total", ())] == 1, "the same value: once"
+        assert metrics[("signing_key_sidecar_jwks_max_age_ignored_total", ())] == 0
+    async with serve(body=body_of(jwk("EC"))) as (client, state):
+        newer_set = body_of(jwk("EC"), jwk("OKP"))
+        cm = {"metadata": {"annotations": {MAX_AGE_ANNOTATION: huge}}, "data": {"jwks.json": newer_set.decode()}}
+        assert apply_configmap(state, cm, origin="cm") is Outcome.LOADED
+        assert await (await client.get(JWKS)).read() == newer_set
+        metrics = metric_samples(await (await client.get("/metrics")).text())
+        assert metrics[("signing_key_sidecar_jwks_max_age_ignored_total", ())] == 1

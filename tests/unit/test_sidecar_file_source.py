@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import os
 import time
 from pathlib import Path
@@ -105,6 +106,23 @@ async def test_kubelet_swap_to_bad_content_keeps_last_good(tmp_path):
         await eventually(lambda: state.current.generation == 2)
         assert await (await client.get(JWKS)).read() == newer
         assert state.source_present is True
+
+
+async def test_a_curve_that_is_not_a_string_is_refused_and_counted_and_the_source_keeps_running(tmp_path, caplog):
+    """finding 10: "crv" as a JSON array raised TypeError out of the source, which the app
+    restarted again and again without ever counting or reporting a refusal."""
+    volume = tmp_path / "jwks"
+    good, newer = body_of(jwk("EC")), body_of(jwk("OKP"))
+    kubelet_update(volume, {"jwks.json": good})
+    async with serve_file(volume) as (client, state):
+        await eventually(lambda: state.loaded)
+        kubelet_update(volume, {"jwks.json": json.dumps({"keys": [{**jwk("EC"), "crv": ["P-256"]}]}).encode()})
+        await eventually(lambda: refused_count(state, "invalid_member") == 1)
+        assert state.last_refusal.reason == "invalid_member" and "crv" in state.last_refusal.message
+        assert await (await client.get(JWKS)).read() == good
+        kubelet_update(volume, {"jwks.json": newer})
+        await eventually(lambda: state.current.generation == 2)
+    assert not [r for r in caplog.records if "restarting" in r.getMessage()]
 
 
 async def test_plain_rewrite_in_place_and_replace(tmp_path):

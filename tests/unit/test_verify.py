@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import json
 import threading
 import time
 import warnings
@@ -219,6 +220,19 @@ def test_messages_carry_no_key_material(server, clock):
     assert "invalid" in message and "c2VjcmV0" not in message and key().public_jwk()["x"] not in message
 
 
+def test_a_set_with_a_curve_that_is_not_a_string_is_rejected_and_not_refetched_per_token(server, clock):
+    """finding 10: "crv" as a JSON array escaped as TypeError, not a rejection, and skipped the
+    failed-fetch throttle: 20 tokens, 20 fetches. Now: rejected, and fetched once."""
+    bad = json.loads(render_jwk_set([key().public_jwk()]))
+    bad["keys"][0]["crv"] = ["P-256"]
+    server.serve(JWKS, json.dumps(bad).encode())
+    v = verifier(server, clock)
+    for _ in range(20):
+        message = rejected(v, token())
+        assert "JWK Set" in message and "invalid" in message and "crv" in message and "fail closed" in message
+    assert len(server.requests()) == 1, "a failed fetch is not retried within a second"
+
+
 # --- JWK Set cache -------------------------------------------------------------------------------
 
 
@@ -318,6 +332,20 @@ def test_refuses_a_revoked_jti_and_a_revoked_subjects_older_tokens(server, clock
     assert len(server.requests(REVOCATIONS)) == 1, "the document is cached like the key set"
 
 
+def test_a_jti_that_is_not_a_string_is_rejected_never_taken_as_not_revoked(server, clock):
+    """finding 5: revocations match string jtis, so a numeric jti was never found revoked:
+    is_revoked said None. One rule everywhere: a jti is a string (RFC 7519), a token whose jti
+    is anything else is rejected (fail closed), and revoke-token refuses to revoke it by jti."""
+    server.serve(REVOCATIONS, revocations(jti={"123": int(T0) + 400}))
+    v = verifier(server, clock, revocations_url=server.url(REVOCATIONS))
+    for jti in (123, 12.5, True, None, ["123"]):
+        assert "jti" in rejected(v, token(jti=jti))
+        with pytest.raises(TokenRejected, match="jti is not a string"):
+            v.is_revoked({"jti": jti, "sub": "alice", "iat": int(T0)})
+    assert "jti 123 is revoked" in rejected(v, token(jti="123"), RevokedToken)
+    assert v.is_revoked({"sub": "alice", "iat": int(T0)}) is None, "no jti at all: nothing to check"
+
+
 def test_revocation_document_is_cached_and_revalidated(server, clock):
     server.serve(REVOCATIONS, revocations(), max_age=30)
     v = verifier(server, clock, revocations_url=server.url(REVOCATIONS))
@@ -330,6 +358,21 @@ def test_revocation_document_is_cached_and_revalidated(server, clock):
     clock.advance(31)
     rejected(v, token(jti="j-x", now=clock.now), RevokedToken)
     assert [status for _, status in server.requests(REVOCATIONS)] == [200, 200, 304]
+
+
+def test_a_max_age_beyond_the_cap_still_lets_a_revocation_through(server, clock):
+    """A max-age of thousands of digits became float("inf"): the first document was kept for
+    ever and a later revocation never seen (the rule of finding 11, in the verifier). Now no
+    document is used longer than max_cache_age (24 h by default) without asking again."""
+    day = 86400
+    server.docs[REVOCATIONS] = (revocations(), "public, max-age=" + "9" * 5000)
+    v = verifier(server, clock, revocations_url=server.url(REVOCATIONS))
+    assert v.verify(token(jti="j-x", lifetime=2 * day))
+    server.serve(REVOCATIONS, revocations(jti={"j-x": int(T0) + 2 * day}), max_age=30)
+    clock.advance(day - 1)
+    assert v.verify(token(jti="j-x", lifetime=2 * day)), "within max_cache_age: the cached document"
+    clock.advance(2)
+    rejected(v, token(jti="j-x", lifetime=2 * day), RevokedToken)
 
 
 def test_fails_closed_when_the_revocation_url_is_down(server, clock):
@@ -423,6 +466,18 @@ def test_redis_document_switches_to_redis(server, clock, redis_server):
     clock.advance(61)
     rejected(v, token(jti="j-ok", now=clock.now), RevokedToken)
     assert v.verify(token(jti="j-bad", now=clock.now)), "the document, not Redis, decides now"
+
+
+def test_redis_backend_rejects_a_jti_that_is_not_a_string(server, clock, redis_server):
+    """finding 5, with Redis: a numeric jti made is_revoked skip the jti key and say None."""
+    now = time.time()
+    load_entries(redis_server.url, jti={"123": int(now) + 600})
+    clock.now = now
+    v = verifier(server, clock, redis_url=redis_server.url, redis_prefix=PREFIX)
+    with pytest.raises(TokenRejected, match="jti is not a string"):
+        v.is_revoked({"jti": 123, "sub": "alice", "iat": int(now)})
+    assert "jti" in rejected(v, token(jti=123, now=now))
+    rejected(v, token(jti="123", now=now), RevokedToken)
 
 
 def test_redis_killed_fails_closed_and_restarted_recovers(server, clock, redis_server):

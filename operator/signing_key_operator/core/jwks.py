@@ -19,9 +19,18 @@ metrics and a message that never contains key material):
 * bytes that are not UTF-8 JSON, JSON with duplicate member names (parsers disagree about
   which one wins, a classic confusion attack), NaN/Infinity, more than :data:`MAX_JWK_SET_BYTES`;
 * anything that is not an object with a non-empty ``keys`` list of objects;
-* ANY private member (``d p q dp dq qi oth k``) and every symmetric ``oct`` key: this set is
-  public, and a private member here is a key compromise (design invariant 5);
+* ANY private member (``d p q dp dq qi oth k``), at any depth of the document, and every
+  symmetric ``oct`` key: this set is public, and a private member here is a key compromise
+  (design invariant 5);
+* any member outside the public allow-list: ``keys`` at the top level; in a key, ``kty kid use
+  alg key_ops`` and its type's public members (RSA ``n e``; EC ``crv x y``; OKP ``crv x``).
+  The sidecar serves the checked bytes as they are, so what it serves is exactly what passed
+  these rules, and its ETag (their SHA-256) stays the operator's on every replica. Such content
+  is refused, not stripped and re-serialised: :func:`render_jwk_set` never writes anything
+  else, so it was written by someone else, and serving a cleaned copy would hide a leaked key
+  that must be reported (refusal reason, log line, metric) while the last good set is served;
 * a key without the members its ``kty`` needs (RSA ``n e``; EC ``crv x y``; OKP ``crv x``),
+  members of the wrong JSON type (``kty crv alg use`` and the key material must be strings),
   members that are not base64url, or values that do not form a valid public key (EC point not
   on its curve, wrong coordinate length, ...): one malformed key makes some clients (Go
   ``jwkset``, Nimbus) reject the whole set, so it must never be served;
@@ -70,6 +79,7 @@ REASONS = frozenset(
         "empty",
         "key_not_an_object",
         "private_member",
+        "unknown_member",
         "symmetric_key",
         "unsupported_kty",
         "missing_member",
@@ -84,6 +94,12 @@ REASONS = frozenset(
 """Every value :attr:`InvalidJwkSet.reason` can take (bounded: safe as a metric label)."""
 
 _REQUIRED = MappingProxyType({"RSA": ("n", "e"), "EC": ("crv", "x", "y"), "OKP": ("crv", "x")})
+_STRING_MEMBERS = frozenset({"kty", "crv", "alg", "use"})
+_COMMON_MEMBERS = frozenset({"kty", "kid", "use", "alg", "key_ops"})
+"""What any served key may carry besides its type's public members (:data:`_REQUIRED`). No
+certificate members (``x5c x5t x5t#S256 x5u``): the operator issues no certificates, and an
+allow-list is only worth its name if every member on it is checked."""
+_SET_MEMBERS = frozenset({"keys"})
 
 _EC_CURVES: Mapping[str, tuple[ec.EllipticCurve, int]] = MappingProxyType({
     "P-256": (ec.SECP256R1(), 32),
@@ -109,6 +125,7 @@ _ALGS_OKP_SIG = MappingProxyType({"EdDSA": ("Ed25519", "Ed448"), "Ed25519": ("Ed
 
 _B64URL = re.compile(r"\A[A-Za-z0-9_-]+\Z")
 _KID_SHOWN = 80
+_MEMBER_NAME_SHOWN = 16
 
 
 class InvalidJwkSet(ValueError):
@@ -219,6 +236,7 @@ def validate_jwk_set(obj: Any) -> JwkSet:
     """Validate an already-decoded JWK Set object; raise :class:`InvalidJwkSet` if invalid."""
     if not isinstance(obj, Mapping):
         raise InvalidJwkSet("not_an_object", f"JWK Set must be a JSON object, got {_json_type(obj)}")
+    _refuse_private_members(obj)
     if "keys" not in obj:
         raise InvalidJwkSet("keys_not_a_list", 'JWK Set has no "keys" member')
     keys = obj["keys"]
@@ -229,16 +247,10 @@ def validate_jwk_set(obj: Any) -> JwkSet:
     for i, key in enumerate(keys):
         if not isinstance(key, Mapping):
             raise InvalidJwkSet("key_not_an_object", f"key #{i} must be a JSON object, got {_json_type(key)}")
-    # Private material first, over the whole set: it is the most serious finding and must be the
-    # reason reported (and counted) whatever else is wrong.
+    unknown = set(obj) - _SET_MEMBERS
+    if unknown:
+        raise InvalidJwkSet("unknown_member", f'JWK Set has member(s) {_member_names(unknown)} besides "keys": only keys are served')
     for i, key in enumerate(keys):
-        private = sorted(PRIVATE_MEMBERS.intersection(key))
-        if private:
-            raise InvalidJwkSet(
-                "private_member",
-                f"key #{i}{_kid_hint(key)} has private member(s) {', '.join(private)}: "
-                "a public JWK Set must never carry private key material",
-            )
         if key.get("kty") == "oct":
             raise InvalidJwkSet(
                 "symmetric_key", f"key #{i}{_kid_hint(key)} is a symmetric (oct) key: refused outright"
@@ -260,17 +272,27 @@ def _validate_key(i: int, key: Mapping[str, Any]) -> None:
         raise InvalidJwkSet("missing_kid", f'{where} has no "kid"')
     if not isinstance(kid, str) or not kid:
         raise InvalidJwkSet("missing_kid", f'{where}: "kid" must be a non-empty string')
-    kty = key.get("kty")
-    if not isinstance(kty, str) or not kty:
+    if "kty" not in key:
         raise InvalidJwkSet("missing_member", f'{where} has no "kty"')
+    # Before any lookup by value: a JSON array or object is unhashable, and a TypeError here would
+    # escape as a crash rather than a refusal (the sidecar's source restarting, the verifier
+    # skipping its failure throttle). n, e, x and y are checked where they are decoded.
+    for member in _STRING_MEMBERS.intersection(key):
+        if not isinstance(key[member], str) or not key[member]:
+            raise InvalidJwkSet("invalid_member", f'{where}: "{member}" must be a non-empty string')
+    kty = key["kty"]
     if kty not in _REQUIRED:
         raise InvalidJwkSet("unsupported_kty", f"{where} has unsupported kty {_show(kty)} (expected RSA, EC or OKP)")
+    unknown = set(key) - _COMMON_MEMBERS.union(_REQUIRED[kty])
+    if unknown:
+        raise InvalidJwkSet(
+            "unknown_member",
+            f"{where} has member(s) {_member_names(unknown)} outside what a public {kty} key carries "
+            f"({', '.join(sorted(_COMMON_MEMBERS.union(_REQUIRED[kty])))})",
+        )
     missing = [m for m in _REQUIRED[kty] if m not in key]
     if missing:
         raise InvalidJwkSet("missing_member", f"{where} ({kty}) lacks required member(s) {', '.join(missing)}")
-    for member in ("alg", "use"):
-        if member in key and (not isinstance(key[member], str) or not key[member]):
-            raise InvalidJwkSet("invalid_member", f'{where}: "{member}" must be a non-empty string')
     if "use" in key and key["use"] not in ("sig", "enc"):
         raise InvalidJwkSet("invalid_member", f'{where}: "use" must be "sig" or "enc"')
     if "key_ops" in key and (
@@ -315,6 +337,45 @@ def _validate_key(i: int, key: Mapping[str, Any]) -> None:
         alg = key.get("alg")
         ok = crv in _ALGS_OKP_SIG.get(alg, ()) or (crv.startswith("X") and alg in _ALGS_ECDH)
         _check_alg(where, key, ok=ok)
+
+
+def _refuse_private_members(obj: Mapping[str, Any]) -> None:
+    """Private material first, anywhere in the document (in a key, nested in one of its members,
+    beside the keys): it is the most serious finding and must be the reason reported (and
+    counted) whatever else is wrong."""
+    keys = obj.get("keys")
+    in_keys = list(enumerate(keys)) if isinstance(keys, list) else []
+    for i, key in in_keys:
+        private = _private_names(key)
+        if private:
+            hint = _kid_hint(key) if isinstance(key, Mapping) else ""
+            raise InvalidJwkSet(
+                "private_member",
+                f"key #{i}{hint} has private member(s) {', '.join(private)}: "
+                "a public JWK Set must never carry private key material",
+            )
+    private = _private_names({name: value for name, value in obj.items() if name != "keys" or not isinstance(value, list)})
+    if private:
+        raise InvalidJwkSet(
+            "private_member",
+            f"JWK Set has private member(s) {', '.join(private)} outside its keys: "
+            "a public JWK Set must never carry private key material",
+        )
+
+
+def _private_names(value: Any) -> list[str]:
+    """Private member names in the objects of ``value`` at any depth. A loop, not recursion: the
+    document may nest as deep as the JSON parser allowed."""
+    found: set[str] = set()
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, Mapping):
+            found.update(PRIVATE_MEMBERS.intersection(item))
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return sorted(found)
 
 
 def _check_alg(where: str, key: Mapping[str, Any], *, ok: bool) -> None:
@@ -382,6 +443,15 @@ def _show(value: Any) -> str:
     if len(value) > _KID_SHOWN:
         value = value[:_KID_SHOWN] + "..."
     return repr(value)
+
+
+def _member_names(names: Iterable[str]) -> str:
+    """Unknown member names for a message. Whoever wrote them could have put anything in a
+    name, so each is cut short: enough to recognise ``x5t#S256``, too little to carry a key."""
+    ordered = sorted(names)
+    shown = [repr(n) if len(n) <= _MEMBER_NAME_SHOWN else repr(n[:_MEMBER_NAME_SHOWN]) + "..." for n in ordered[:5]]
+    more = f" and {len(ordered) - 5} more" if len(ordered) > 5 else ""
+    return ", ".join(shown) + more
 
 
 def _kid_hint(key: Mapping[str, Any]) -> str:

@@ -59,7 +59,7 @@ __all__ = [
 MAX_CONFIGMAP_BYTES = 1024 * 1024
 """The API server refuses a ConfigMap whose data values add up to more than 1 MiB."""
 
-JTI_PATTERN = re.compile(r"^[\x21-\x7e]{1,256}$")
+JTI_PATTERN = re.compile(r"\A[\x21-\x7e]{1,256}\Z")
 """Printable ASCII without spaces, 1 to 256 characters: what issuers put in ``jti`` (UUIDs,
 random base64url, ULIDs). The same rule is in the CRD, so a malformed jti never gets this far
 through the API; the operator checks again for objects stored before the rule existed."""
@@ -176,13 +176,23 @@ class RevocationDocument:
 
 
 def parse_revocation_document(data: bytes | str) -> RevocationDocument:
-    """Validate served or fetched content; refuse anything the operator could not have written."""
+    """Validate served or fetched content; refuse anything the operator could not have written.
+
+    The sidecar serves the checked bytes as they are, so every member is on an allow-list (the
+    three top-level members; a NumericDate per jti; exactly issuedBefore and until per subject)
+    and the bytes must be UTF-8 without a byte order mark, as :meth:`RevocationDocument.render`
+    writes them (``json.loads`` would also take UTF-16 or UTF-32, which other verifiers do not).
+    """
     if isinstance(data, str):
         data = data.encode()
     if len(data) > MAX_CONFIGMAP_BYTES:
         raise InvalidRevocationDocument("too_large", f"{len(data)} bytes, more than a ConfigMap can hold")
     try:
-        obj = loads_strict(data)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidRevocationDocument("not_utf8", f"not UTF-8 (byte offset {error.start})") from None
+    try:
+        obj = loads_strict(text)
     except (ValueError, RecursionError) as error:
         raise InvalidRevocationDocument("not_json", f"not a JSON document ({type(error).__name__})") from None
     if not isinstance(obj, dict):

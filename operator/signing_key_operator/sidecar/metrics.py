@@ -56,6 +56,12 @@ class SidecarMetrics:
             ["reason"],
             registry=r,
         )
+        self.max_age_ignored = Counter(
+            f"{PREFIX}_jwks_max_age_ignored",
+            "Published max-age values ignored as invalid (not an integer 0..31536000): the set was "
+            "served all the same, with the fallback max-age.",
+            registry=r,
+        )
         self.source_present = Gauge(
             f"{PREFIX}_jwks_source_present",
             "1 while the source (ConfigMap or mounted file) exists, 0 after it disappeared "
@@ -81,6 +87,12 @@ class SidecarMetrics:
             f"{PREFIX}_revocations_reloads_refused",
             "Content refused as not a valid revocation document; the last good one stays served.",
             ["reason"],
+            registry=r,
+        )
+        self.revocations_max_age_ignored = Counter(
+            f"{PREFIX}_revocations_max_age_ignored",
+            "Published max-age values ignored as invalid: the revocation document was served all "
+            "the same, with the fallback max-age.",
             registry=r,
         )
         self.revocations_source_present = Gauge(

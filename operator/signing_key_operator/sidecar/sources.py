@@ -17,8 +17,10 @@ same contract with the data key ``revocations.json``; each source reads one Conf
 sidecar serving both runs two sources of the same kind.
 
 The watch source prefers the annotation and falls back to the ``max-age`` data key. A value that
-is not a non-negative integer is ignored with a warning (the set itself is still applied: a bad
-max-age must never hold back a revocation). ``--max-age`` overrides both; 60 s if none is given.
+is not an integer from 0 to one year, of any length, is ignored with a warning and counted in
+``signing_key_sidecar_{jwks,revocations}_max_age_ignored_total`` (the set itself is still
+applied: a bad max-age must never hold back a revocation). ``--max-age`` overrides both; 60 s if
+none is given.
 
 Sources
 -------
@@ -93,8 +95,11 @@ class Source(Protocol):
     async def run(self, state: PublishedState) -> None: ...
 
 
-def parse_max_age(value: str | bytes | None, *, origin: str = "") -> int | None:
-    """The published max-age, or None if absent or invalid (logged)."""
+def parse_max_age(value: str | bytes | None) -> int | None:
+    """The published max-age in seconds, None if absent; ValueError (saying why, the value cut
+    short) if it is not an integer from 0 to one year. The digits are counted before ``int()``
+    sees them: Python refuses ``int()`` of more than 4300 digits, and that ValueError escaping
+    from here dropped the whole update."""
     if value is None:
         return None
     if isinstance(value, bytes):
@@ -102,10 +107,31 @@ def parse_max_age(value: str | bytes | None, *, origin: str = "") -> int | None:
     text = value.strip()
     if not text:
         return None
-    if text.isascii() and text.isdigit() and int(text) <= _MAX_AGE_LIMIT:
-        return int(text)
-    log.warning("ignoring invalid max-age %r from %s (want an integer 0..%d)", text[:32], origin, _MAX_AGE_LIMIT)
-    return None
+    significant = text.lstrip("0") or "0"
+    if text.isascii() and text.isdigit() and len(significant) <= len(str(_MAX_AGE_LIMIT)):
+        seconds = int(significant)
+        if seconds <= _MAX_AGE_LIMIT:
+            return seconds
+    shown = repr(text) if len(text) <= 32 else f"{text[:32]!r}... ({len(text)} characters)"
+    raise ValueError(f"{shown} is not an integer 0..{_MAX_AGE_LIMIT}")
+
+
+def _published_max_age(data: Mapping[str, str | bytes], annotations: Mapping[str, str]) -> tuple[int | None, str | None]:
+    """The max-age published with a document (the annotation, else the data key; None if
+    neither holds a valid one), and what was ignored as invalid, for the state to report."""
+    max_age, ignored = None, []
+    for where, value in (
+        (f"annotation {MAX_AGE_ANNOTATION}", annotations.get(MAX_AGE_ANNOTATION)),
+        (f"data key {MAX_AGE_DATA_KEY}", data.get(MAX_AGE_DATA_KEY)),
+    ):
+        try:
+            max_age = parse_max_age(value)
+        except ValueError as error:
+            ignored.append(f"{where}: {error}")
+            continue
+        if max_age is not None:
+            break
+    return max_age, "; ".join(ignored) or None
 
 
 def apply_published(
@@ -128,11 +154,8 @@ def apply_published(
     body = data[key]
     if isinstance(body, str):
         body = body.encode("utf-8")
-    annotations = annotations or {}
-    max_age = parse_max_age(annotations.get(MAX_AGE_ANNOTATION), origin=origin)
-    if max_age is None:
-        max_age = parse_max_age(data.get(MAX_AGE_DATA_KEY), origin=origin)
-    return state.offer(body, max_age=max_age, origin=origin)
+    max_age, invalid_max_age = _published_max_age(data, annotations or {})
+    return state.offer(body, max_age=max_age, origin=origin, invalid_max_age=invalid_max_age)
 
 
 def apply_configmap(

@@ -7,7 +7,8 @@ Two documents, one rule. :class:`JwksState` holds the JWK Set: only content that
 refused: the last good document stays served, the refusal is logged (reason and message only:
 never the content, which might hold key material) and counted in
 ``signing_key_sidecar_{jwks,revocations}_reloads_refused_total{reason}``. The same bad content
-offered again (a resync, a watch replay) is not logged or counted again.
+offered again (a resync, a watch replay) is not logged or counted again; nor is the same invalid
+max-age, which never holds a document back (``..._max_age_ignored_total``).
 
 All methods are called from the event loop thread only (sources hop onto it first).
 """
@@ -90,6 +91,7 @@ class PublishedState:
         self._source_present: bool | None = None
         self._last_refusal: Refusal | None = None
         self._refused_digest: str | None = None
+        self._invalid_max_age: str | None = None
 
     @property
     def current(self) -> Snapshot | None:
@@ -108,9 +110,13 @@ class PublishedState:
     def last_refusal(self) -> Refusal | None:
         return self._last_refusal
 
-    def offer(self, body: bytes, *, max_age: int | None = None, origin: str = "") -> Outcome:
-        """Offer content from the source; serve it if it is a valid document."""
+    def offer(
+        self, body: bytes, *, max_age: int | None = None, origin: str = "", invalid_max_age: str | None = None
+    ) -> Outcome:
+        """Offer content from the source; serve it if it is a valid document. ``invalid_max_age``
+        describes a published max-age the source had to ignore (``max_age`` is the fallback)."""
         self._set_source_present(True, origin)
+        self._report_invalid_max_age(invalid_max_age, origin)
         current = self._current
         if current is not None and body == current.body:
             if max_age != current.max_age:
@@ -140,6 +146,15 @@ class PublishedState:
         self._loaded(self._current)
         return Outcome.LOADED
 
+    def _report_invalid_max_age(self, invalid: str | None, origin: str) -> None:
+        if invalid == self._invalid_max_age:
+            return  # the same bad value again (resync, watch replay): already reported
+        self._invalid_max_age = invalid
+        if invalid is not None:
+            log.warning("ignoring invalid max-age from %s (%s); the %s goes on with the fallback max-age",
+                        origin, invalid, self.what)
+            self._count_invalid_max_age()
+
     def _parse(self, body: bytes) -> Any:
         raise NotImplementedError
 
@@ -147,6 +162,9 @@ class PublishedState:
         raise NotImplementedError
 
     def _count_refusal(self, reason: str) -> None:
+        raise NotImplementedError
+
+    def _count_invalid_max_age(self) -> None:
         raise NotImplementedError
 
     def _record_source_present(self, present: bool) -> None:
@@ -223,6 +241,9 @@ class JwksState(PublishedState):
     def _count_refusal(self, reason: str) -> None:
         self.metrics.refused.labels(reason=reason).inc()
 
+    def _count_invalid_max_age(self) -> None:
+        self.metrics.max_age_ignored.inc()
+
     def _record_source_present(self, present: bool) -> None:
         self.metrics.source_present.set(1 if present else 0)
 
@@ -252,6 +273,9 @@ class RevocationState(PublishedState):
 
     def _count_refusal(self, reason: str) -> None:
         self.metrics.revocations_refused.labels(reason=reason).inc()
+
+    def _count_invalid_max_age(self) -> None:
+        self.metrics.revocations_max_age_ignored.inc()
 
     def _record_source_present(self, present: bool) -> None:
         self.metrics.revocations_source_present.set(1 if present else 0)
