@@ -72,6 +72,11 @@ class Outcome:
     echoes of our own writes and need no reconcile."""
 
 
+STATUS_KEYS_LIMIT = 64
+"""How many keys status.keys lists: its maxItems in crds/signingkeypolicies.yaml (a unit test
+holds the two equal). Beyond it, status.keysNotListed counts the older keys left out."""
+
+
 class _Conflict(Exception):
     """A guarded write lost a race; re-read and decide again."""
 
@@ -371,7 +376,8 @@ class Reconciler:
             "nextRotationTime": objects.format_time(next_rotation) if next_rotation else None,
             "signingSecretName": spec.signing_secret_name,
             "jwksConfigMapName": spec.jwks_config_map_name,
-            "keys": [_status_key(r) for r in sorted(records, key=lambda r: r.serial)],
+            "keys": [_status_key(r) for r in _listed_keys(records)],
+            "keysNotListed": len(records) - STATUS_KEYS_LIMIT if len(records) > STATUS_KEYS_LIMIT else None,
             "revocations": revocations.status,
             "conditions": _conditions(
                 policy, self.clock(), ready=ready, degraded=degraded, revocations_published=revocations.condition
@@ -404,6 +410,14 @@ def _next_rotation(records, spec: PolicySpec) -> datetime | None:
     if active is None or spec.suspend:
         return None
     return active.activated + spec.rotation_interval
+
+
+def _listed_keys(records: Sequence[KeyRecord]) -> list[KeyRecord]:
+    """The keys status lists, by serial: the signing and the next key, then the newest others.
+    The planner bounds no count (retention over interval, and manual rotations, decide it), so
+    status must: one key past the CRD's limit would make every status write fail."""
+    first = sorted(records, key=lambda r: (r.state not in (KeyState.ACTIVE, KeyState.NEXT), -r.serial))
+    return sorted(first[:STATUS_KEYS_LIMIT], key=lambda r: r.serial)
 
 
 def _status_key(record: KeyRecord) -> dict[str, Any]:
