@@ -69,6 +69,7 @@ def _run(args: argparse.Namespace) -> int:
         peering=args.peering,
         redis_resync=parse_duration(args.redis_resync) if args.redis_resync else defaults.redis_resync,
         revocation_document_limit=args.revocation_document_limit or defaults.revocation_document_limit,
+        name_conflict_recheck=parse_duration(args.name_conflict_recheck) if args.name_conflict_recheck else defaults.name_conflict_recheck,
     )
     asyncio.run(run_operator(settings))
     return 0
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--secret-propagation", help="how long a mounted Secret takes to reach signers (default 90s)")
     run.add_argument("--redis-resync", help="how often Redis-backed policies check Redis still holds their entries (default 15s)")
     run.add_argument("--revocation-document-limit", type=int, help="largest revocation ConfigMap in bytes (default and maximum 1 MiB)")
+    run.add_argument("--name-conflict-recheck", help="how often a policy held by a name conflict looks again (default 30s)")
     run.add_argument("--verbose", action="store_true")
     run.set_defaults(handler=_run)
 

@@ -13,9 +13,20 @@ the next reconcile continues from:
 5. delete key Secrets whose retention has passed;
 6. record handled request annotations on the policy, then the status view.
 
+Before the first write every object the plan would write (JWKS ConfigMap, signing Secret, new
+key Secrets) is read and must be absent or this policy's own: controlled by an ownerReference
+with the policy's uid, as cert-manager requires of a Secret it writes. A name alone proves
+nothing: a user's ConfigMap, another policy's Secret, the leftovers of an earlier policy of the
+same name share names with what this policy would make. One that is not its own holds all key
+writes (a key must not start signing while its JWKS or signing Secret cannot be written), the
+policy reports NameConflict, and it looks again every ``name_conflict_recheck``: freeing the
+name sends no event this operator watches. Two policies naming one object: the first to make
+it keeps it.
+
 Token revocations (revocation_publisher.py) are published first, before any key work: they
 are an emergency path independent of the keys, so neither a broken key Secret nor a lost race
-over the keys holds them back.
+over the keys (nor a name conflict of the keys' objects) holds them back; a conflict over the
+revocation ConfigMap holds only the revocation document.
 
 Every update carries the resourceVersion it was decided on; a 409 aborts the step and the
 policy is reconciled again from fresh reads (dex's "re-check inside the guarded write").
@@ -25,14 +36,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from .core.jwks import render_jwk_set
 from .core.keys import KeyMaterial, generate_key
-from .core.planner import REVOKE_ANNOTATION, ROTATE_ANNOTATION, KeyRecord, KeyState, Plan, PlanEvent, Requests, plan
+from .core.planner import (
+    REVOKE_ANNOTATION, ROTATE_ANNOTATION, KeyRecord, KeyState, Plan, PlanEvent, Requests, key_secret_name, plan,
+)
 from .core.spec import PolicySpec, SpecError, timeline_warnings
 from .k8s import objects
 from .k8s.api import CONFIGMAPS, POLICIES, SECRETS, ApiError, KubeApi
@@ -59,6 +72,11 @@ class Outcome:
     echoes of our own writes and need no reconcile."""
 
 
+STATUS_KEYS_LIMIT = 64
+"""How many keys status.keys lists: its maxItems in crds/signingkeypolicies.yaml (a unit test
+holds the two equal). Beyond it, status.keysNotListed counts the older keys left out."""
+
+
 class _Conflict(Exception):
     """A guarded write lost a race; re-read and decide again."""
 
@@ -80,7 +98,7 @@ class Reconciler:
         self._reported: dict[tuple[str, str], str] = {}
         self.revocations = RevocationPublisher(
             api, RedisMirror(), clock, redis_resync=settings.redis_resync, redis_retry=settings.error_backoff_initial * 4,
-            document_limit=settings.revocation_document_limit,
+            document_limit=settings.revocation_document_limit, name_conflict_recheck=settings.name_conflict_recheck,
         )
 
     async def reconcile(self, policy: dict[str, Any]) -> Outcome:
@@ -109,9 +127,8 @@ class Reconciler:
         secrets = await self.api.list(SECRETS, metadata["namespace"], selector)
         stored, broken = [], []
         for secret in secrets:
-            owners = secret["metadata"].get("ownerReferences") or []
-            if owners and not any(owner.get("uid") == metadata["uid"] for owner in owners):
-                continue  # left by an earlier policy of the same name; the garbage collector takes it
+            if not objects.is_owned_by(secret, policy):
+                continue  # not this policy's (an earlier policy's of the same name, or a user's): never touched
             try:
                 stored.append(objects.read_key_secret(secret))
             except objects.BrokenKeySecret as error:
@@ -132,8 +149,18 @@ class Reconciler:
             # unpublish a key that signers still use, so the policy holds still until a human
             # repairs or deletes the Secret.
             self._report_broken(policy, broken, outcome)
+            self._report_conflicts(policy, _conflicts_of(revocations), outcome)
             outcome.next_wakeup = revocations.next_wakeup
             await self._patch_status(policy, spec, [s.record for s in stored], outcome, revocations, broken=broken)
+            return
+        jwks_configmap = await self.api.get(CONFIGMAPS, namespace, spec.jwks_config_map_name)
+        signing = await self.api.get(SECRETS, namespace, spec.signing_secret_name)
+        conflicts = [c for c in (
+            objects.name_conflict("ConfigMap", jwks_configmap, policy, "spec.jwksConfigMapName"),
+            objects.name_conflict("Secret", signing, policy, "spec.signingSecretName"),
+        ) if c is not None]
+        if conflicts:
+            await self._hold_for_conflicts(policy, spec, stored, conflicts, outcome, revocations)
             return
         annotations = metadata.get("annotations") or {}
         requests = Requests(
@@ -150,13 +177,26 @@ class Reconciler:
         materials = {s.record.serial: s.material for s in stored}
         materials.update(decision.new_material)
         by_serial = {s.record.serial: s for s in stored}
+        # Every object the plan writes is checked before the first write: a key Secret created
+        # and then left unpublished, or a key activated whose signing Secret cannot follow,
+        # would be a half-done rotation.
+        for record in decision.created:
+            existing = await self.api.get(SECRETS, namespace, key_secret_name(name, record.serial))
+            if existing is None:
+                continue
+            conflict = objects.name_conflict("Secret", existing, policy)
+            if conflict is None:
+                raise _Conflict()  # ours, made since the list: another replica got there first
+            await self._hold_for_conflicts(policy, spec, stored, [conflict], outcome, revocations)
+            return
+        self._report_conflicts(policy, _conflicts_of(revocations), outcome)
         act_events_from = len(outcome.events)
 
         for record in decision.created:
             body = objects.key_secret(policy, record, decision.new_material[record.serial])
             await self._write(outcome, "Secret", self.api.create(SECRETS, namespace, body))
 
-        await self._publish_jwks(policy, spec, decision, materials, outcome)
+        await self._publish_jwks(policy, spec, jwks_configmap, decision, materials, outcome)
 
         changed = sorted(decision.changed, key=lambda r: (r.state is not KeyState.ACTIVE, r.serial))
         for record in changed:
@@ -167,7 +207,7 @@ class Reconciler:
             await self._write(outcome, "Secret", self.api.replace(SECRETS, namespace, objects.with_record(secret, record)))
 
         active = decision.active
-        await self._point_signing_secret(policy, spec, materials[active.serial], active.serial, outcome)
+        await self._point_signing_secret(policy, spec, signing, materials[active.serial], active.serial, outcome)
 
         for record in decision.removed:
             current = by_serial[record.serial]
@@ -209,12 +249,13 @@ class Reconciler:
             outcome.own_versions[(kind, written["metadata"]["name"])] = written["metadata"]["resourceVersion"]
         return written
 
-    async def _publish_jwks(self, policy, spec: PolicySpec, decision: Plan, materials, outcome: Outcome) -> None:
+    async def _publish_jwks(self, policy, spec: PolicySpec, current, decision: Plan, materials, outcome: Outcome) -> None:
+        """``current``: the ConfigMap as read before deciding (absent or this policy's); the
+        replace carries its resourceVersion, so a change since then aborts the write."""
         namespace = policy["metadata"]["namespace"]
         jwks = render_jwk_set([materials[record.serial].public_jwk() for record in decision.published])
         max_age = int(spec.jwks_max_age.total_seconds())
         desired = objects.published_configmap(policy, spec.jwks_config_map_name, "jwks", "jwks.json", jwks, max_age)
-        current = await self.api.get(CONFIGMAPS, namespace, spec.jwks_config_map_name)
         if objects.configmap_is_current(current, desired):
             return
         if current is None:
@@ -225,9 +266,9 @@ class Reconciler:
         if not decision.has_changes:
             outcome.events.append(PlanEvent("Warning", "JwksRestored", f"ConfigMap {spec.jwks_config_map_name} did not match the key Secrets and was rewritten from them"))
 
-    async def _point_signing_secret(self, policy, spec: PolicySpec, material: KeyMaterial, serial: int, outcome: Outcome) -> None:
+    async def _point_signing_secret(self, policy, spec: PolicySpec, current, material: KeyMaterial, serial: int, outcome: Outcome) -> None:
+        """``current`` as for :meth:`_publish_jwks`."""
         namespace = policy["metadata"]["namespace"]
-        current = await self.api.get(SECRETS, namespace, spec.signing_secret_name)
         if objects.signing_secret_is_current(current, material):
             return
         desired = objects.signing_secret(policy, spec.signing_secret_name, material, serial)
@@ -238,7 +279,35 @@ class Reconciler:
             await self._write(outcome, "Secret", self.api.replace(SECRETS, namespace, desired))
         outcome.events.append(PlanEvent("Normal", "SigningSecretUpdated", f"Secret {spec.signing_secret_name} now holds key {material.kid}"))
 
+    async def _hold_for_conflicts(
+        self, policy, spec: PolicySpec, stored: list[objects.StoredKey], conflicts: list[objects.NameConflict],
+        outcome: Outcome, revocations: Published,
+    ) -> None:
+        """Write no key state while an object the keys need belongs to someone else: a key
+        activated without its JWKS published, or signing while its signing Secret cannot be
+        written, would break verifiers. The status says why; the policy looks again later,
+        since freeing the name sends no event this operator sees."""
+        self._report_conflicts(policy, conflicts + _conflicts_of(revocations), outcome)
+        recheck = self.clock() + self.settings.name_conflict_recheck
+        outcome.next_wakeup = min((t for t in (recheck, revocations.next_wakeup) if t is not None))
+        await self._patch_status(policy, spec, [s.record for s in stored], outcome, revocations, conflicts=conflicts)
+
     # -- reporting ----------------------------------------------------------------------------
+    def _report_conflicts(self, policy, conflicts: list[objects.NameConflict], outcome: Outcome) -> None:
+        """One Warning per conflict (object and owner) while it lasts; one that ends is
+        forgotten, so it is reported again should it come back."""
+        uid = policy["metadata"]["uid"]
+        current = {(uid, f"conflict {c.kind} {c.name}"): c.owner for c in conflicts}
+        for key in [k for k in self._reported if k[0] == uid and k[1].startswith("conflict ") and k not in current]:
+            del self._reported[key]
+        for conflict in conflicts:
+            key = (uid, f"conflict {conflict.kind} {conflict.name}")
+            if self._reported.get(key) == conflict.owner:
+                continue
+            self._reported[key] = conflict.owner
+            self.metrics.refused_inputs.labels("name-conflict").inc()
+            outcome.events.append(PlanEvent("Warning", "NameConflict", str(conflict)))
+
     def _report_broken(self, policy, broken: list[tuple[dict, str]], outcome: Outcome) -> None:
         for secret, reason in broken:
             key = (policy["metadata"]["uid"], secret["metadata"]["name"])
@@ -281,15 +350,22 @@ class Reconciler:
         await self.revocations.mirror.close()
 
     async def _patch_status(
-        self, policy, spec: PolicySpec, records: list[KeyRecord], outcome: Outcome, revocations: Published, broken=()
+        self, policy, spec: PolicySpec, records: list[KeyRecord], outcome: Outcome, revocations: Published, broken=(),
+        conflicts: Sequence[objects.NameConflict] = (),
     ) -> None:
+        """``conflicts``: those that held the keys; the revocation ConfigMap's are added here."""
         active = next((r for r in records if r.state is KeyState.ACTIVE), None)
         waiting = next((r for r in records if r.state is KeyState.NEXT), None)
         next_rotation = _next_rotation(records, spec)
+        conflicts = [*conflicts, *_conflicts_of(revocations)]
         if broken:
             message = "; ".join(reason for _, reason in broken)
             ready = ("False", "KeySecretInvalid", message)
             degraded = ("True", "KeySecretInvalid", message)
+        elif conflicts:
+            message = "; ".join(map(str, conflicts))
+            ready = ("False", "NameConflict", message)
+            degraded = ("True", "NameConflict", message)
         else:
             ready = ("True", "KeysPublished", f"key {active.kid} signs and is published in ConfigMap {spec.jwks_config_map_name}")
             degraded = ("False", "AsExpected", "all key Secrets are readable")
@@ -300,7 +376,8 @@ class Reconciler:
             "nextRotationTime": objects.format_time(next_rotation) if next_rotation else None,
             "signingSecretName": spec.signing_secret_name,
             "jwksConfigMapName": spec.jwks_config_map_name,
-            "keys": [_status_key(r) for r in sorted(records, key=lambda r: r.serial)],
+            "keys": [_status_key(r) for r in _listed_keys(records)],
+            "keysNotListed": len(records) - STATUS_KEYS_LIMIT if len(records) > STATUS_KEYS_LIMIT else None,
             "revocations": revocations.status,
             "conditions": _conditions(
                 policy, self.clock(), ready=ready, degraded=degraded, revocations_published=revocations.condition
@@ -321,6 +398,10 @@ class Reconciler:
         )
 
 
+def _conflicts_of(revocations: Published) -> list[objects.NameConflict]:
+    return [revocations.conflict] if revocations.conflict is not None else []
+
+
 def _next_rotation(records, spec: PolicySpec) -> datetime | None:
     waiting = next((r for r in records if r.state is KeyState.NEXT), None)
     if waiting is not None and waiting.activate_at is not None:
@@ -329,6 +410,14 @@ def _next_rotation(records, spec: PolicySpec) -> datetime | None:
     if active is None or spec.suspend:
         return None
     return active.activated + spec.rotation_interval
+
+
+def _listed_keys(records: Sequence[KeyRecord]) -> list[KeyRecord]:
+    """The keys status lists, by serial: the signing and the next key, then the newest others.
+    The planner bounds no count (retention over interval, and manual rotations, decide it), so
+    status must: one key past the CRD's limit would make every status write fail."""
+    first = sorted(records, key=lambda r: (r.state not in (KeyState.ACTIVE, KeyState.NEXT), -r.serial))
+    return sorted(first[:STATUS_KEYS_LIMIT], key=lambda r: r.serial)
 
 
 def _status_key(record: KeyRecord) -> dict[str, Any]:

@@ -9,6 +9,10 @@ posts an Event when that changes: published, pruned at its end, invalid, or not 
 
 Order: the document (or Redis) first, the statuses after, so an InForce=True status is never
 seen before verifiers can see the entry.
+
+A revocation ConfigMap that exists but is not the policy's (a user's object of that name,
+another policy's) is left as it is: nothing is published there, the entries say so, and the
+policy reports the conflict (:attr:`Published.conflict`).
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ class Published:
     in_force: int = 0
     unpublished: int = 0
     """Entries in force that verifiers cannot see (document full, Redis unreachable)."""
+    conflict: objects.NameConflict | None = None
+    """The revocation ConfigMap's name is taken by an object this policy does not own."""
 
 
 Write = Callable[[str, Awaitable[dict[str, Any]]], Awaitable[dict[str, Any]]]
@@ -73,7 +79,7 @@ class Verdict:
 class RevocationPublisher:
     def __init__(
         self, api: KubeApi, mirror: RedisMirror, clock: Callable[[], datetime], *,
-        redis_resync: timedelta, redis_retry: timedelta, document_limit: int,
+        redis_resync: timedelta, redis_retry: timedelta, document_limit: int, name_conflict_recheck: timedelta,
     ):
         self.api = api
         self.document_limit = document_limit
@@ -81,6 +87,7 @@ class RevocationPublisher:
         self.clock = clock
         self.redis_resync = redis_resync
         self.redis_retry = redis_retry
+        self.name_conflict_recheck = name_conflict_recheck
         self._reported_full: dict[str, int] = {}
 
     async def publish(self, policy: dict[str, Any], spec: PolicySpec, write: Write, events: list[tuple[dict, PlanEvent]], policy_events: list[PlanEvent]) -> Published:
@@ -108,9 +115,13 @@ class RevocationPublisher:
         else:
             self._reported_full.pop(uid, None)
         served = compiled.document
-        await self._write_document(policy, spec, body, max_age, write)
-
         wakeups = [compiled.next_expiry]
+        conflict = await self._write_document(policy, spec, body, max_age, write)
+        if conflict is not None:
+            problem = ("NameConflict", str(conflict))
+            served = RevocationDocument()
+            wakeups.append(now + self.name_conflict_recheck)
+
         if spec.revocation_backend == "Redis":
             assert spec.redis is not None
             where = f"Redis {spec.redis.url}"
@@ -144,7 +155,8 @@ class RevocationPublisher:
             "documentBytes": len(body),
         }
         return Published(
-            status, condition, min((w for w in wakeups if w is not None), default=None), len(compiled.in_force), unpublished
+            status, condition, min((w for w in wakeups if w is not None), default=None), len(compiled.in_force), unpublished,
+            conflict,
         )
 
     async def _gather(self, namespace: str, policy_name: str) -> tuple[list[dict[str, Any]], dict[str, Revocation], dict[str, str]]:
@@ -160,18 +172,23 @@ class RevocationPublisher:
                 invalid[name] = str(error)
         return items, parsed, invalid
 
-    async def _write_document(self, policy: dict[str, Any], spec: PolicySpec, body: bytes, max_age: int, write: Write) -> None:
-        """Create or replace the revocation ConfigMap, only when its content changed."""
+    async def _write_document(
+        self, policy: dict[str, Any], spec: PolicySpec, body: bytes, max_age: int, write: Write
+    ) -> objects.NameConflict | None:
+        """Create or replace the revocation ConfigMap, only when its content changed and it is
+        absent or the policy's own; else the conflict, and nothing written."""
         namespace = policy["metadata"]["namespace"]
         desired = objects.published_configmap(policy, spec.revocation_config_map_name, "revocations", REVOCATIONS_FILE, body, max_age)
         current = await self.api.get(CONFIGMAPS, namespace, spec.revocation_config_map_name)
-        if objects.configmap_is_current(current, desired):
-            return
+        conflict = objects.name_conflict("ConfigMap", current, policy, "spec.revocation.configMapName")
+        if conflict is not None or objects.configmap_is_current(current, desired):
+            return conflict
         if current is None:
             await write("ConfigMap", self.api.create(CONFIGMAPS, namespace, desired))
         else:
             desired["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
             await write("ConfigMap", self.api.replace(CONFIGMAPS, namespace, desired))
+        return None
 
     async def _redis_password(self, namespace: str, spec: PolicySpec) -> str | None:
         assert spec.redis is not None

@@ -26,6 +26,12 @@ class OperatorSettings:
     """Wait after a write lost a resourceVersion race: another replica (or the user) changed the
     objects, so re-read at once rather than wait for the next due time."""
 
+    name_conflict_recheck: timedelta = timedelta(seconds=30)
+    """How often a policy held by a name conflict looks again. The object in the way is not the
+    operator's, so freeing the name (deleting or renaming it) sends no event the operator
+    watches; a few reads per policy every half minute is cheap, and a user who fixed it waits
+    no longer than that."""
+
     error_backoff_initial: timedelta = timedelta(seconds=1)
     """First wait after a failed reconcile (API unreachable, refused write); doubles each time."""
 

@@ -76,6 +76,51 @@ def owner_reference(policy: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def is_owned_by(obj: dict[str, Any], policy: dict[str, Any]) -> bool:
+    """Whether ``policy`` is ``obj``'s controller. Only such an object is the policy's to
+    change or delete: a name alone proves nothing (a user's ConfigMap, another policy's
+    Secret, one left by an earlier policy of the same name all share names with what a policy
+    would make)."""
+    uid = policy["metadata"]["uid"]
+    return any(o.get("controller") and o.get("uid") == uid for o in obj["metadata"].get("ownerReferences") or [])
+
+
+@dataclass(frozen=True)
+class NameConflict:
+    """An object a policy would write exists and belongs to someone else; the policy leaves it
+    as it is and says so."""
+
+    kind: str
+    name: str
+    owner: str
+    """Who owns it, for the message: "Kind/name", or "no owner"."""
+    field: str
+    """The spec field that names it, or "" for a key Secret (named from the policy and a serial)."""
+
+    def __str__(self) -> str:
+        rename = f"{self.field} names another object" if self.field else "it is deleted"
+        return (
+            f"{self.kind} {self.name} exists and is not owned by this policy (owner: {self.owner}); "
+            f"it is left as it is and nothing that needs it is written until it is deleted or {rename}"
+        )
+
+
+def name_conflict(kind: str, obj: dict[str, Any] | None, policy: dict[str, Any], field: str = "") -> NameConflict | None:
+    """The conflict ``obj`` (the ``kind`` object as read, None when absent) makes for
+    ``policy``, or None when it is absent or the policy's own."""
+    if obj is None or is_owned_by(obj, policy):
+        return None
+    owners = obj["metadata"].get("ownerReferences") or []
+    owner = next((o for o in owners if o.get("controller")), owners[0] if owners else None)
+    if owner is None:
+        described = "no owner"
+    else:
+        described = f"{owner.get('kind')}/{owner.get('name')}"
+        if owner.get("kind") == policy["kind"] and owner.get("name") == policy["metadata"]["name"]:
+            described += " (an earlier policy of this name; the garbage collector removes it)"
+    return NameConflict(kind, obj["metadata"]["name"], described, field)
+
+
 def policy_labels(policy_name: str, component: str) -> dict[str, str]:
     return {
         POLICY_LABEL: policy_name,
