@@ -67,7 +67,9 @@ def test_kill_9_between_every_pair_of_writes_keeps_the_invariants_and_converges(
     seen: dict[str, float] = {}
     crashes = 0
     revoked = None
-    deadline = time.monotonic() + 150
+    # The loop ends as soon as it has seen enough; the deadline only bounds a loaded machine,
+    # where each operator start takes seconds.
+    deadline = time.monotonic() + 360
     while time.monotonic() < deadline:
         process = OperatorProcess(
             kubeconfig, tmp_path / "crashing.log", extra_args=["--namespace", solo.namespace],
@@ -93,11 +95,19 @@ def test_kill_9_between_every_pair_of_writes_keeps_the_invariants_and_converges(
 
     survivor = OperatorProcess(kubeconfig, tmp_path / "survivor.log", extra_args=["--namespace", solo.namespace]).start()
     try:
-        status = solo.wait_ready("crashy", timeout=30)["status"]
+        # Ready=True may still be the status a killed process wrote, and timer rotations go on
+        # (the signing Secret moves before the status does): converged is when the survivor's
+        # status and the stored state agree.
+        def converged() -> bool:
+            status = solo.get("crashy").get("status") or {}
+            _, _, signing = _stored_state(solo, "crashy")
+            return solo.condition("crashy") == "True" and signing == status.get("activeKid")
+
+        wait_until(converged, 30, "the survivor's status to agree with the signing Secret")
         keys = _check_invariants(solo, "crashy", seen, revoked)
         assert Counter(k["state"] for k in keys.values())["active"] == 1
-        _, published, signing = _stored_state(solo, "crashy")
-        assert signing == status["activeKid"] and revoked not in published
+        _, published, _ = _stored_state(solo, "crashy")
+        assert revoked not in published
         assert sorted(published) == sorted(kid for kid, k in keys.items() if k["state"] != "revoked")
     finally:
         survivor.stop()
