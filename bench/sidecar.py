@@ -3,6 +3,7 @@
     .venv/bin/python bench/sidecar.py throughput   # wrk vs Debian's nginx, same file, same headers
     .venv/bin/python bench/sidecar.py propagation  # ConfigMap update -> first response with new ETag
     .venv/bin/python bench/sidecar.py rss          # VmRSS at idle and under wrk load (+ nginx)
+    .venv/bin/python bench/sidecar.py pipeline     # VmRSS under pipelined GETs from clients that never read
     .venv/bin/python bench/sidecar.py all
 
 nginx and wrk come from Debian (bench/setup-tools.sh installs them with apt-get when missing).
@@ -21,6 +22,7 @@ import json
 import os
 import platform
 import re
+import selectors
 import shutil
 import signal
 import socket
@@ -602,6 +604,97 @@ def cmd_rss(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# pipelined requests from clients that never read
+
+
+def sample_until_steady(pid: int, most: float, steady: float = 2.0, every: float = 0.1) -> int:
+    """Peak VmRSS (KiB) of ``pid``, sampled until it has not changed for ``steady`` seconds (the
+    server is done with what it was sent) or ``most`` seconds have passed."""
+    peak = last = rss_kib(pid) or 0
+    start = changed = time.monotonic()
+    while time.monotonic() - start < most and time.monotonic() - changed < steady:
+        time.sleep(every)
+        now = rss_kib(pid) or 0
+        if now != last:
+            last, changed = now, time.monotonic()
+        peak = max(peak, now)
+    return peak
+
+
+def pipeline_load(port: int, path: str, pid: int, args: argparse.Namespace) -> tuple[int, int]:
+    """Open ``args.connections`` connections, send ``args.kib`` KiB of pipelined GETs of ``path``
+    on each and never read an answer (a receive buffer of 4 KiB, so the client's kernel holds
+    almost nothing). Returns (peak VmRSS KiB while sending, holding and just after closing,
+    bytes sent). Bounded: sending stops after ``args.send_timeout`` s, the connections are held
+    until the server's RSS is steady (at most ``args.hold`` s), then closed."""
+    request = f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+    payload = request * (args.kib * 1024 // len(request))
+    sel = selectors.DefaultSelector()
+    socks, offsets = [], {}
+    peak = 0
+    try:
+        for _ in range(args.connections):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", port))
+            sock.setblocking(False)
+            socks.append(sock)
+            offsets[sock] = 0
+            sel.register(sock, selectors.EVENT_WRITE)
+        deadline = time.monotonic() + args.send_timeout
+        next_sample = 0.0
+        while offsets and time.monotonic() < deadline:
+            for key, _ in sel.select(timeout=0.05):
+                sock = key.fileobj
+                try:
+                    offsets[sock] += sock.send(memoryview(payload)[offsets[sock]:offsets[sock] + 65536])
+                except BlockingIOError:
+                    continue
+                if offsets[sock] >= len(payload):
+                    sel.unregister(sock)
+                    del offsets[sock]
+            if time.monotonic() >= next_sample:
+                peak = max(peak, rss_kib(pid) or 0)
+                next_sample = time.monotonic() + 0.1
+        sent = args.connections * len(payload) - sum(len(payload) - o for o in offsets.values())
+        peak = max(peak, sample_until_steady(pid, args.hold))
+    finally:
+        sel.close()
+        for sock in socks:
+            sock.close()
+    return max(peak, sample_until_steady(pid, args.hold)), sent
+
+
+def cmd_pipeline(args: argparse.Namespace) -> None:
+    body = realistic_jwks(args.alg)
+    print(f"# pipeline: {args.connections} connections x {args.kib} KiB of pipelined GETs each, never reading "
+          f"(client SO_RCVBUF 4 KiB), sending for at most {args.send_timeout}s, held until VmRSS is steady for 2 s "
+          f"(at most {args.hold}s), then closed; peak VmRSS sampled every 0.1 s until steady again; "
+          f"{len(body)}-byte JWKS ({args.alg} x3); {machine()}")
+    # The query string makes the fast path hand every connection to aiohttp at its first
+    # request (fastpath.py): the same load on aiohttp's own protocol, as a reference.
+    targets = [("ours, fast path", REPO / "operator", JWKS_PATH), ("ours, aiohttp path", REPO / "operator", JWKS_PATH + "?via=aiohttp")]
+    if args.baseline:
+        targets.insert(1, ("base, fast path", args.baseline.resolve(), JWKS_PATH))
+    with tempfile.TemporaryDirectory(prefix="sidecar-pipeline-") as tmp:
+        workdir = Path(tmp)
+        jwks_file = served_file(workdir, body)
+        for label, pythonpath, path in targets:
+            server = start_ours(workdir, ["--jwks-file", str(jwks_file.parent), "--max-age", str(MAX_AGE)], cpu=None,
+                                pythonpath=pythonpath, name=label)
+            with running(server):
+                wait_for(lambda: http_get(server.port)[0] == 200, 10, "the sidecar to load the file")
+                time.sleep(args.settle)
+                idle = rss_kib(server.process.pid)
+                peak, sent = pipeline_load(server.port, path, server.process.pid, args)
+                after = rss_kib(server.process.pid)
+                status = http_get(server.port)[0]
+                print(f"{label:18}: idle {mib(idle):>10}  peak {mib(peak):>10} (+{(peak - (idle or 0)) / 1024:5.1f} MiB)  "
+                      f"after closing {mib(after):>10}; {sent / 2**20:.1f} of {args.connections * args.kib / 1024:.1f} MiB "
+                      f"sent; a GET afterwards: {status}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -634,16 +727,28 @@ def main(argv: list[str] | None = None) -> None:
     rp.add_argument("--settle", type=float, default=2.0, help="idle seconds before the idle sample (default: %(default)s)")
     rp.add_argument("--no-watch", action="store_true", help="skip the watch mode (needs a dev cluster)")
 
-    ap = sub.add_parser("all", help="throughput, propagation and rss with their defaults")
+    pl = sub.add_parser("pipeline", help="VmRSS under pipelined GETs from clients that never read: fast path, aiohttp")
+    pl.add_argument("--connections", type=int, default=100, help="client connections (default: %(default)s)")
+    pl.add_argument("--kib", type=int, default=256, help="KiB of pipelined GETs sent on each (default: %(default)s)")
+    pl.add_argument("--send-timeout", type=float, default=10.0, help="stop sending after this (default: %(default)s)")
+    pl.add_argument("--hold", type=float, default=30.0,
+                    help="longest wait for a steady VmRSS, before and after closing (default: %(default)s)")
+    pl.add_argument("--settle", type=float, default=2.0, help="idle seconds before the idle sample (default: %(default)s)")
+    pl.add_argument("--alg", default="RS256", help="algorithm of the 3 keys in the JWKS (default: %(default)s)")
+    pl.add_argument("--baseline", type=Path, default=None, metavar="DIR",
+                    help="also measure the sidecar from another source tree, as for throughput")
+
+    ap = sub.add_parser("all", help="throughput, propagation, rss and pipeline with their defaults")
     ap.add_argument("--no-pin", action="store_true")
 
     args = parser.parse_args(argv)
     if args.command == "all":
-        for name in ("throughput", "propagation", "rss"):
-            main([name, *(["--no-pin"] if args.no_pin and name != "propagation" else [])])
+        for name in ("throughput", "propagation", "rss", "pipeline"):
+            main([name, *(["--no-pin"] if args.no_pin and name in ("throughput", "rss") else [])])
             print()
         return
-    {"throughput": cmd_throughput, "propagation": cmd_propagation, "rss": cmd_rss}[args.command](args)
+    {"throughput": cmd_throughput, "propagation": cmd_propagation, "rss": cmd_rss,
+     "pipeline": cmd_pipeline}[args.command](args)
 
 
 if __name__ == "__main__":

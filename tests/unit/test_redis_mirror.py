@@ -1,5 +1,6 @@
 """redis_mirror.py against a real redis-server: incremental updates, the rebuild after Redis
-lost its data, withdrawn entries, expiry at each entry's end, and errors that name no password."""
+lost its data, single entries lost (deleted, changed, evicted under maxmemory) and written
+again, withdrawn entries, expiry at each entry's end, and errors that name no password."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ async def test_entries_expire_at_their_end_and_one_new_entry_costs_one_write(red
         assert store.expiretime(LAYOUT.jti_key("b")) == SOON + 10
         assert store.get(LAYOUT.subject_key("alice")) == str(SOON - 3600)
         assert store.expiretime(LAYOUT.subject_key("alice")) == SOON + 60
-        assert await mirror.mirror("uid", redis_server.url, None, LAYOUT, first) == 0  # unchanged: one GET
+        assert await mirror.mirror("uid", redis_server.url, None, LAYOUT, first) == 0  # unchanged: reads only
         second = document({**first.jti, "c": SOON}, dict(first.sub))
         assert await mirror.mirror("uid", redis_server.url, None, LAYOUT, second) == 1 + 1  # c, then the digest
         withdrawn = document({"a": SOON, "c": SOON}, dict(first.sub))
@@ -51,6 +52,55 @@ async def test_a_redis_that_lost_its_data_is_rebuilt_and_stale_keys_removed(redi
         assert store.exists("other-policy:jti:x")
         # A fresh operator (nothing in memory) trusts a matching digest and writes nothing.
         assert await RedisMirror().mirror("uid", redis_server.url, None, LAYOUT, entries) == 0
+    finally:
+        await mirror.close()
+
+
+async def test_an_entry_deleted_or_changed_behind_the_mirrors_back_is_written_again(redis_server):
+    """Finding 3 of issue 16: the mirror trusted the digest key alone, so an entry key deleted
+    (or rewritten) by someone else stayed lost, for the running mirror and a fresh one alike,
+    and the verifier accepted the revoked jti. Every mirror now checks every entry."""
+    mirror, store = RedisMirror(), redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        entries = document({"a": SOON, "b": SOON + 10}, {"alice": SubjectEntry(SOON - 3600, SOON + 60)})
+        await mirror.mirror("uid", redis_server.url, None, LAYOUT, entries)
+        store.delete(LAYOUT.jti_key("b"))
+        store.set(LAYOUT.subject_key("alice"), SOON - 7200)  # an older issuedBefore: fewer tokens refused
+        assert await mirror.mirror("uid", redis_server.url, None, LAYOUT, entries) == 2  # the two entries, not the digest
+        assert store.get(LAYOUT.jti_key("b")) == str(SOON + 10) and store.expiretime(LAYOUT.jti_key("b")) == SOON + 10
+        assert store.get(LAYOUT.subject_key("alice")) == str(SOON - 3600)
+        assert store.expiretime(LAYOUT.subject_key("alice")) == SOON + 60
+        assert LAYOUT.revokes({"jti": "b"}, *store.mget(LAYOUT.jti_key("b"), LAYOUT.subject_key("x"))) is not None
+        assert await mirror.mirror("uid", redis_server.url, None, LAYOUT, entries) == 0
+        store.delete(LAYOUT.jti_key("a"))  # a fresh operator (nothing in memory) restores it too
+        fresh = RedisMirror()
+        try:
+            assert await fresh.mirror("uid", redis_server.url, None, LAYOUT, entries) == 1
+        finally:
+            await fresh.close()
+        assert store.get(LAYOUT.jti_key("a")) == str(SOON)
+    finally:
+        await mirror.close()
+
+
+async def test_entries_evicted_under_maxmemory_are_written_again(redis_server):
+    """Finding 3 of issue 16: under ``maxmemory`` with a volatile-* policy Redis evicts entry
+    keys (they expire, so they are candidates) and never the digest (it does not); the mirror
+    writes exactly the evicted entries again, once Redis has room again."""
+    mirror, store = RedisMirror(), redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        entries = document({f"jti-{i}": SOON + i for i in range(2000)})
+        await mirror.mirror("uid", redis_server.url, None, LAYOUT, entries)
+        store.config_set("maxmemory-policy", "volatile-ttl")
+        store.config_set("maxmemory", store.info("memory")["used_memory"] - 1000)
+        store.dbsize()  # the next command makes Redis evict down to the limit
+        store.config_set("maxmemory", 0)  # room again (a bigger limit), so what is written stays
+        evicted = [jti for jti in entries.jti if not store.exists(LAYOUT.jti_key(jti))]
+        assert evicted and store.info("stats")["evicted_keys"] == len(evicted)
+        assert store.exists(LAYOUT.digest_key)
+        assert await mirror.mirror("uid", redis_server.url, None, LAYOUT, entries) == len(evicted)
+        assert store.exists(*(LAYOUT.jti_key(jti) for jti in entries.jti)) == len(entries.jti)
+        assert all(store.expiretime(LAYOUT.jti_key(jti)) == entries.jti[jti] for jti in evicted)
     finally:
         await mirror.close()
 

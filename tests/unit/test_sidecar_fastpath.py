@@ -444,6 +444,55 @@ async def test_reading_pauses_while_the_client_does_not_read(monkeypatch):
         sock.close()
 
 
+async def test_a_client_that_never_reads_cannot_make_a_connection_queue_more_than_one_batch():
+    """Finding 2 of issue 16: every pipelined request of one read was answered in one write, so
+    256 KiB of small GETs from a client that never reads left hundreds of KB to MBs queued in
+    the transport (721 KB here before the fix; 100 such connections took the sidecar past its
+    memory limit). Now what one
+    connection queues stays under the write high-water mark plus one batch of answers, plus
+    at most one read of input not parsed yet, while it waits and while it drains."""
+    async with servers() as s:
+        answer_size = len(await exchange(s.plain, req(), idle=0.1))
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", s.fast))
+        sock.setblocking(False)
+        request = req()
+        count = 256 * 1024 // len(request)
+        with contextlib.suppress(asyncio.TimeoutError):  # the server stopped reading before the end
+            await asyncio.wait_for(loop.sock_sendall(sock, request * count), 2)
+        for _ in range(500):  # until the server has stopped reading: its write buffer is full
+            if s.fp.connections and not next(iter(s.fp.connections)).transport.is_reading():
+                break
+            await asyncio.sleep(0.01)
+        (conn,) = s.fp.connections
+        transport = conn.transport
+        assert not transport.is_reading()
+        bound = transport.get_write_buffer_limits()[1] + fastpath.MAX_PIPELINED * answer_size
+        assert transport.get_write_buffer_size() <= bound, (transport.get_write_buffer_size(), bound)
+        queued = [transport.get_write_buffer_size()]
+        unread = [len(conn.unread) - conn.unread_at]
+        received = bytearray()  # now read everything, checking the bound at every step
+        while received.count(b"HTTP/1.1 200 OK") < count:
+            try:
+                data = await asyncio.wait_for(loop.sock_recv(sock, 65536), 5)
+            except asyncio.TimeoutError:
+                break  # only if not every request was answered: the assertions below say so
+            assert data
+            received += data
+            queued.append(transport.get_write_buffer_size())
+            unread.append(len(conn.unread) - conn.unread_at)
+        assert max(queued) <= bound, (max(queued), bound)
+        assert max(unread) <= transport.max_size  # one read, as asyncio reads at most
+        assert received.count(b"HTTP/1.1 200 OK") == count == s.fp.answered  # every one, in order
+        assert len(received) == count * answer_size and received.endswith(BODY)
+        assert transport.is_reading() and s.fp.handed_over == 0  # reading resumed once drained
+        await loop.sock_sendall(sock, close())
+        assert (await asyncio.wait_for(loop.sock_recv(sock, 65536), 5)).startswith(b"HTTP/1.1 200 OK")
+        sock.close()
+
+
 async def test_shutdown_closes_fast_path_and_handed_over_connections():
     async with servers() as s:
         r1, w1 = await asyncio.open_connection("127.0.0.1", s.fast)

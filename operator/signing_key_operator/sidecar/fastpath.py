@@ -30,11 +30,19 @@ order, in one write); so the bytes handed over always start at a request boundar
 bytes are kept (at most :data:`MAX_PENDING` while a request is incomplete, then aiohttp takes
 over and applies its own limits).
 
+Pipelining is bounded so that a client that sends and never reads cannot make one connection
+hold more than the transport's write high-water mark (64 KiB by default) plus one batch of
+answers plus one read of input (asyncio reads at most 256 KiB at a time): one read is fed to the
+parser :data:`MAX_PIPELINED` requests at a time, each batch answered in one write, and once
+the write buffer is above its high-water mark the rest of the read waits, unparsed, with
+reading paused, until the transport says it drained (``resume_writing``). Without the batches,
+one read of 256 KiB of small GETs became one write of about 11 MB: 100 such connections took
+the sidecar past its memory limit. A read holding one request, the usual case, is one batch.
+
 Connections idle for ``keepalive_timeout`` (no complete request since the last answer, also
-while a request trickles in) are closed. When the transport's write buffer is full, reading
-pauses until it drains. :meth:`FastPath.close` closes every fast-path connection (graceful
-shutdown: answers are written synchronously, so none is ever in flight; handed-over
-connections belong to aiohttp's server and are drained by the runner).
+while a request trickles in) are closed. :meth:`FastPath.close` closes every fast-path
+connection (graceful shutdown: answers are written synchronously, so none is ever in flight;
+handed-over connections belong to aiohttp's server and are drained by the runner).
 """
 
 from __future__ import annotations
@@ -58,6 +66,11 @@ FAST_PATHS = frozenset(p.encode() for p in JWKS_PATHS)
 MAX_HEADERS = 64
 MAX_FIELD = 4096
 MAX_PENDING = 16384
+MAX_PIPELINED = 32
+"""Requests answered per write: aiohttp's own queue of pipelined requests (``MAX_MSG_QUEUE_SIZE``)
+holds as many. Enough to answer a pipelining client in few writes, small enough that a batch of
+answers (about 70 KB with a 3-key RSA set) stays near the write high-water mark."""
+_REQUEST_END = b"\r\n\r\n"  # a fast request has no body: it ends with its empty line
 _REFUSED_HEADERS = frozenset(
     {b"content-length", b"transfer-encoding", b"upgrade", b"expect", b"content-encoding", b"sec-websocket-key1"}
 )
@@ -136,6 +149,8 @@ class FastJwksProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.pending = bytearray()  # raw bytes of the requests not answered yet
+        self.unread = b""  # input not fed to the parser yet: waits while the write buffer drains
+        self.unread_at = 0
         self.done: list[tuple[bool, int, bool, bytes, str | None]] = []
         self.in_message = False
         self.refuse = False
@@ -178,6 +193,7 @@ class FastJwksProtocol(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
         self.transport = None
+        self.unread, self.unread_at = b"", 0
 
     def pause_writing(self) -> None:
         self.writing_paused = True
@@ -186,13 +202,46 @@ class FastJwksProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.writing_paused = False
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
+        self._consume()  # the rest of the last read first (may pause writing again)
+        transport = self.transport
+        if not self.writing_paused and transport is not None and not transport.is_closing():
+            transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        if not self.unread and data.count(_REQUEST_END) <= MAX_PIPELINED:
+            self._feed(transport, data)  # the usual read: one batch
+            return
+        # Many pipelined requests: in batches. (Reading is paused while some of the last read
+        # is left; should data come all the same, it waits behind that.)
+        self.unread = self.unread[self.unread_at:] + data
+        self.unread_at = 0
+        self._consume()
+
+    def _consume(self) -> None:
+        """Feed the unread input to the parser, :data:`MAX_PIPELINED` requests at a time, until
+        it is all fed or the write buffer is above its high-water mark (then ``pause_writing``
+        paused reading, and ``resume_writing`` calls this again)."""
+        data = self.unread
+        while self.unread_at < len(data) and not self.writing_paused:
+            transport = self.transport
+            if transport is None or transport.is_closing():  # handed over (it took the rest), or closed
+                break
+            start = end = self.unread_at
+            for _ in range(MAX_PIPELINED):
+                found = data.find(_REQUEST_END, end)
+                if found < 0:
+                    end = len(data)
+                    break
+                end = found + len(_REQUEST_END)
+            self.unread_at = end
+            self._feed(transport, data if start == 0 and end == len(data) else data[start:end])
+        if self.unread_at >= len(data) or self.transport is None or self.transport.is_closing():
+            self.unread, self.unread_at = b"", 0
+
+    def _feed(self, transport: asyncio.Transport, data: bytes) -> None:
         self.pending += data
         try:
             self.parser.feed_data(data)
@@ -341,8 +390,9 @@ class FastJwksProtocol(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        data = bytes(self.pending)
+        data = bytes(self.pending) + self.unread[self.unread_at:]
         self.pending.clear()
+        self.unread, self.unread_at = b"", 0
         self.done.clear()
         self.transport = None
         handler = self.owner.server()
