@@ -297,8 +297,8 @@ class RedisLayout:
 
     ``<prefix>jti:<jti>`` holds the entry's end; ``<prefix>sub:<subject>`` holds issuedBefore
     (NumericDate). A verifier checks a token with one MGET of its two keys. ``<prefix>digest``
-    holds a digest of the mirrored entry set, so the operator sees at once when Redis lost its
-    data (a restart without persistence) and writes every entry again.
+    names the entry set written last, so the operator knows which keys were withdrawn; it cannot
+    vouch for the entries (Redis evicts single keys), so each mirror checks them all.
     """
 
     prefix: str
