@@ -35,6 +35,7 @@ policy is reconciled again from fresh reads (dex's "re-check inside the guarded 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -171,7 +172,7 @@ class Reconciler:
         )
         now = self.clock()
         decision: Plan = await asyncio.to_thread(
-            plan, spec, [s.record for s in stored], now,
+            functools.partial(plan, signing=objects.signing_view(signing)), spec, [s.record for s in stored], now,
             lambda: self.key_factory(spec.algorithm, spec.rsa_key_size), requests,
         )
         materials = {s.record.serial: s.material for s in stored}
@@ -271,7 +272,7 @@ class Reconciler:
         namespace = policy["metadata"]["namespace"]
         if objects.signing_secret_is_current(current, material):
             return
-        desired = objects.signing_secret(policy, spec.signing_secret_name, material, serial)
+        desired = objects.signing_secret(policy, spec.signing_secret_name, material, serial, since=self.clock(), replaced=current)
         if current is None:
             await self._write(outcome, "Secret", self.api.create(SECRETS, namespace, desired))
         else:

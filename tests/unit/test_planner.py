@@ -21,6 +21,7 @@ from signing_key_operator.core.planner import (
     KeyState,
     Plan,
     Requests,
+    SigningSecretView,
     is_plausible_kid,
     key_secret_name,
     plan,
@@ -207,6 +208,42 @@ def test_retired_key_is_removed_when_its_retention_passes():
     assert result.removed == (retired,)
     assert reasons(result) == ["KeyRemoved"]
     assert [record.serial for record in driver.keys] == [2]
+
+
+def test_a_retired_key_the_signing_secret_still_holds_stays_published_past_its_retention():
+    """Signers sign with what the signing Secret holds: when pointing it at the new key failed
+    (or the operator died before) for longer than the retention, the old key still signs."""
+    driver = rotated_once()
+    (retired,) = driver.by_state(KeyState.RETIRED)
+    lagging = SigningSecretView(kid=retired.kid, since=T0, replaced_kid=None)
+    driver.now = retired.removal_due + HOUR
+    result = driver.step(signing=lagging)
+    assert retired.kid in [record.kid for record in result.published]
+    assert result.removed == ()
+
+
+def test_the_replaced_key_keeps_a_full_retention_from_when_the_signing_secret_moved():
+    driver = rotated_once()
+    (retired,) = driver.by_state(KeyState.RETIRED)
+    moved = retired.removal_due + HOUR
+    signing = SigningSecretView(kid=driver.active.kid, since=moved, replaced_kid=retired.kid)
+    driver.now = moved
+    result = driver.step(signing=signing)
+    (kept,) = driver.by_state(KeyState.RETIRED)
+    assert kept.removal_due == moved + SPEC.retention
+    assert result.removed == () and retired.kid in [record.kid for record in result.published]
+    driver.now = moved + SPEC.retention - timedelta(microseconds=1)
+    assert_idle(driver.plan(signing=signing), driver.keys)
+    assert driver.advance_to(moved + SPEC.retention).removed == (kept,)
+
+
+def test_a_signing_secret_that_moved_on_time_changes_no_retention():
+    driver = rotated_once()
+    (retired,) = driver.by_state(KeyState.RETIRED)
+    signing = SigningSecretView(kid=driver.active.kid, since=retired.retired, replaced_kid=retired.kid)
+    assert_idle(driver.plan(signing=signing), driver.keys)
+    driver.now = retired.removal_due
+    assert driver.plan(signing=signing).removed == (retired,)
 
 
 def test_retention_grows_with_the_spec_and_never_shrinks():

@@ -23,7 +23,9 @@ Rules, in the order :func:`plan` applies them:
    publishAhead; an algorithm change starts a graceful rotation; the timer publishes the next
    key publishAhead before the interval ends; a due next key activates and the active key
    retires;
-4. retired and revoked keys are removed once their retention has passed.
+4. retired and revoked keys are removed once their retention has passed, counted from when the
+   signing Secret stopped naming them; a retired key it still names stays published, because
+   signers sign with whatever it holds, not with what the records say.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ __all__ = [
     "Plan",
     "PlanEvent",
     "Requests",
+    "SigningSecretView",
     "is_plausible_kid",
     "key_secret_name",
     "plan",
@@ -154,6 +157,21 @@ class KeyRecord:
 
 
 @dataclass(frozen=True)
+class SigningSecretView:
+    """What the signing Secret says now. Signers sign with the key it holds, whatever the records
+    say: when writing it fails or is interrupted after the records moved on, a retired key is
+    still signing, and its tokens need it published for a full retention after the Secret moves.
+    """
+
+    kid: str | None
+    """The key it holds (its ``kid`` member)."""
+    since: datetime | None = None
+    """When it was pointed at that key; absent on Secrets written before this was recorded."""
+    replaced_kid: str | None = None
+    """The key it held before ``since``: signers stopped using that one only then."""
+
+
+@dataclass(frozen=True)
 class Requests:
     """The request annotations on the policy and the values already handled."""
 
@@ -244,6 +262,7 @@ def plan(
     requests: Requests = Requests(),
     *,
     served_kids: Collection[str] | None = None,
+    signing: SigningSecretView | None = None,
 ) -> Plan:
     """Decide the next step for one policy.
 
@@ -251,11 +270,12 @@ def plan(
     and must return material for ``spec.algorithm``; it is synchronous, so async callers run
     ``plan`` in a thread. ``served_kids``, when given, is the set of kids the JWKS endpoint
     serves right now: a next key activates only once it appears there (the loop is closed).
-    Emergency and bootstrap keys never wait: there must always be a signing key.
+    Emergency and bootstrap keys never wait: there must always be a signing key. ``signing``
+    is what the signing Secret holds now (see :class:`SigningSecretView`).
     """
     if now.tzinfo is None or now.utcoffset() != timedelta(0):
         raise ValueError("now must be a timezone-aware UTC datetime")
-    step = _Step(spec, keys, now, new_key)
+    step = _Step(spec, keys, now, new_key, signing)
 
     # Repair first: a crash between creating an emergency key and marking the revoked key may
     # have left two active keys; settling on the newest makes the re-planned revocation find
@@ -286,10 +306,12 @@ class _Step:
         keys: Sequence[KeyRecord],
         now: datetime,
         new_key: Callable[[], KeyMaterial],
+        signing: SigningSecretView | None = None,
     ) -> None:
         self.spec = spec
         self.now = now
         self.new_key = new_key
+        self.signing = signing
         self.previous = tuple(sorted(keys, key=lambda record: record.serial))
         _check_consistent(self.previous)
         self.records: dict[int, KeyRecord] = {record.serial: record for record in self.previous}
@@ -321,6 +343,23 @@ class _Step:
 
     def published_for_long_enough(self, record: KeyRecord) -> bool:
         return self.now - record.created >= self.spec.publish_ahead
+
+    def signers_still_use(self, record: KeyRecord) -> bool:
+        """A retired key the signing Secret still holds (a revoked one leaves regardless)."""
+        return record.state is KeyState.RETIRED and self.signing is not None and self.signing.kid == record.kid
+
+    def stopped_signing(self, record: KeyRecord) -> datetime | None:
+        """When tokens of this key stopped being made: revoked or retired, or for the key the
+        signing Secret held before its last move, that move if it came later."""
+        if record.state is KeyState.REVOKED:
+            return record.revoked
+        if record.state is not KeyState.RETIRED:
+            return None
+        assert record.retired is not None
+        signing = self.signing
+        if signing is not None and signing.replaced_kid == record.kid and signing.since is not None:
+            return max(record.retired, signing.since)
+        return record.retired
 
     # -- rules -----------------------------------------------------------------------------
 
@@ -472,9 +511,7 @@ class _Step:
 
     def extend_retention_to_current_spec(self) -> None:
         for record in list(self.records.values()):
-            stopped = {KeyState.RETIRED: record.retired, KeyState.REVOKED: record.revoked}.get(
-                record.state
-            )
+            stopped = self.stopped_signing(record)
             if stopped is None:
                 continue
             due = stopped + self.spec.retention
@@ -483,6 +520,8 @@ class _Step:
 
     def remove_keys_past_retention(self) -> None:
         for record in list(self.records.values()):
+            if self.signers_still_use(record):
+                continue
             if record.removal_due is not None and self.now >= record.removal_due:
                 self.remove(record, why=f"{record.state} since its retention passed")
 

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..core.keys import KeyMaterial, KeyMaterialError, load_key
-from ..core.planner import KeyReason, KeyRecord, KeyState, key_secret_name
+from ..core.planner import KeyReason, KeyRecord, KeyState, SigningSecretView, key_secret_name
 
 PREFIX = "signingkeys.dev"
 POLICY_LABEL = f"{PREFIX}/policy"
@@ -28,6 +28,8 @@ SIGNING_SECRET_TYPE = f"{PREFIX}/active-signing-key"
 MAX_AGE_ANNOTATION = f"{PREFIX}/jwks-max-age"
 ROTATE_HANDLED_ANNOTATION = f"{PREFIX}/rotate-handled"
 REVOKE_HANDLED_ANNOTATION = f"{PREFIX}/revoke-handled"
+SIGNING_SINCE_ANNOTATION = f"{PREFIX}/signing-since"
+REPLACED_KID_ANNOTATION = f"{PREFIX}/replaced-kid"
 
 _TIME_FIELDS = ("created", "activate_at", "activated", "retired", "removal_due", "revoked")
 
@@ -227,8 +229,17 @@ def read_key_secret(secret: dict[str, Any]) -> StoredKey:
     return StoredKey(record, material, name, metadata["resourceVersion"])
 
 
-def signing_secret(policy: dict[str, Any], secret_name: str, material: KeyMaterial, serial: int) -> dict[str, Any]:
+def signing_secret(
+    policy: dict[str, Any], secret_name: str, material: KeyMaterial, serial: int,
+    since: datetime, replaced: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The signing Secret holding ``material`` from ``since`` on, in place of ``replaced`` (the
+    Secret as it is now, if any): the planner counts the replaced key's retention from then."""
     name = policy["metadata"]["name"]
+    annotations = {_annotation("kid"): material.kid, SERIAL_LABEL: str(serial), SIGNING_SINCE_ANNOTATION: format_record_time(since)}
+    before = signing_view(replaced)
+    if before is not None and before.kid is not None and before.kid != material.kid:
+        annotations[REPLACED_KID_ANNOTATION] = before.kid
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -237,7 +248,7 @@ def signing_secret(policy: dict[str, Any], secret_name: str, material: KeyMateri
             "name": secret_name,
             "namespace": policy["metadata"]["namespace"],
             "labels": policy_labels(name, "signing"),
-            "annotations": {_annotation("kid"): material.kid, SERIAL_LABEL: str(serial)},
+            "annotations": annotations,
             "ownerReferences": [owner_reference(policy)],
         },
         "stringData": {
@@ -246,6 +257,25 @@ def signing_secret(policy: dict[str, Any], secret_name: str, material: KeyMateri
             "private.pem": material.private_pem.decode(),
         },
     }
+
+
+def signing_view(secret: dict[str, Any] | None) -> SigningSecretView | None:
+    """What the signing Secret says, for the planner; an unreadable part is left out (a
+    tampered Secret is rewritten anyway, since it no longer matches the active key)."""
+    if secret is None:
+        return None
+    try:
+        kid: str | None = _decoded(secret, "kid").decode()
+    except (BrokenKeySecret, UnicodeDecodeError):
+        kid = None
+    annotations = secret["metadata"].get("annotations") or {}
+    try:
+        since = parse_time(annotations[SIGNING_SINCE_ANNOTATION])
+    except (KeyError, ValueError):
+        since = None
+    if since is not None and since.tzinfo is None:
+        since = None
+    return SigningSecretView(kid=kid, since=since, replaced_kid=annotations.get(REPLACED_KID_ANNOTATION))
 
 
 def signing_secret_is_current(secret: dict[str, Any] | None, material: KeyMaterial) -> bool:
