@@ -1,9 +1,10 @@
 """One reconcile of one policy: gather -> plan -> act, in a crash-safe order.
 
 Gather reads the key Secrets, the JWKS ConfigMap and the signing Secret fresh from the API (no
-cache: a decision must rest on what is stored now). The pure planner decides. Act writes in an
-order that keeps the invariants at every step, so a crash between any two writes leaves a state
-the next reconcile continues from:
+cache: a decision must rest on what is stored now); only what parsing a key Secret gave is kept,
+by the Secret's version, and parsing runs in a worker process (key_reader.py). The pure planner
+decides. Act writes in an order that keeps the invariants at every step, so a crash between any
+two writes leaves a state the next reconcile continues from:
 
 1. create new key Secrets (their names come from serials, so a second replica that decided the
    same creation collides and backs off: the create is the guarded write);
@@ -36,6 +37,7 @@ from .core.planner import REVOKE_ANNOTATION, ROTATE_ANNOTATION, KeyRecord, KeySt
 from .core.spec import PolicySpec, SpecError, timeline_warnings
 from .k8s import objects
 from .k8s.api import CONFIGMAPS, POLICIES, SECRETS, ApiError, KubeApi
+from .key_reader import KeySecretReader
 from .metrics import OperatorMetrics
 from .redis_mirror import RedisMirror
 from .revocation_publisher import Published, RevocationPublisher
@@ -78,6 +80,7 @@ class Reconciler:
         self.clock = clock
         self.key_factory = key_factory
         self._reported: dict[tuple[str, str], str] = {}
+        self.key_reader = KeySecretReader()
         self.revocations = RevocationPublisher(
             api, RedisMirror(), clock, redis_resync=settings.redis_resync, redis_retry=settings.error_backoff_initial * 4,
             document_limit=settings.revocation_document_limit,
@@ -106,16 +109,18 @@ class Reconciler:
     async def _gather_keys(self, policy: dict[str, Any]) -> tuple[list[objects.StoredKey], list[tuple[dict, str]]]:
         metadata = policy["metadata"]
         selector = f"{objects.POLICY_LABEL}={metadata['name']},{objects.COMPONENT_LABEL}=key"
-        secrets = await self.api.list(SECRETS, metadata["namespace"], selector)
-        stored, broken = [], []
-        for secret in secrets:
+        secrets = []
+        for secret in await self.api.list(SECRETS, metadata["namespace"], selector):
             owners = secret["metadata"].get("ownerReferences") or []
             if owners and not any(owner.get("uid") == metadata["uid"] for owner in owners):
                 continue  # left by an earlier policy of the same name; the garbage collector takes it
-            try:
-                stored.append(objects.read_key_secret(secret))
-            except objects.BrokenKeySecret as error:
-                broken.append((secret, str(error)))
+            secrets.append(secret)
+        stored, broken = [], []
+        for secret, read in zip(secrets, await self.key_reader.read(metadata["uid"], secrets)):
+            if isinstance(read, objects.BrokenKeySecret):
+                broken.append((secret, str(read)))
+            else:
+                stored.append(read)
         return stored, broken
 
     # -- decide and act -----------------------------------------------------------------------
@@ -275,9 +280,11 @@ class Reconciler:
     def forget(self, uid: str) -> None:
         for key in [k for k in self._reported if k[0] == uid]:
             del self._reported[key]
+        self.key_reader.forget(uid)
         self.revocations.forget(uid)
 
     async def close(self) -> None:
+        await self.key_reader.close()
         await self.revocations.mirror.close()
 
     async def _patch_status(
