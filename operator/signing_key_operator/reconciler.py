@@ -86,15 +86,16 @@ class Reconciler:
             document_limit=settings.revocation_document_limit,
         )
 
-    async def reconcile(self, policy: dict[str, Any]) -> Outcome:
-        outcome = Outcome()
+    async def reconcile(self, policy: dict[str, Any], outcome: Outcome) -> None:
+        """Reconcile once, recording in ``outcome`` as it goes: when this raises, ``outcome`` still
+        holds what was done (the writes, their echoes to ignore, their Events)."""
         try:
             spec = PolicySpec.from_resource(
                 policy["metadata"]["name"], policy.get("spec") or {}, secret_propagation=self.settings.secret_propagation
             )
         except SpecError as error:
             await self._refuse_spec(policy, error, outcome)
-            return outcome
+            return
         self._warn_short_timeline_once(policy, spec, outcome)
         try:
             await self._reconcile(policy, spec, outcome)
@@ -103,7 +104,6 @@ class Reconciler:
             outcome.retry_after = self.settings.conflict_retry
         else:
             self.metrics.reconciles.labels("done").inc()
-        return outcome
 
     # -- gather -------------------------------------------------------------------------------
     async def _gather_keys(self, policy: dict[str, Any]) -> tuple[list[objects.StoredKey], list[tuple[dict, str]]]:
@@ -276,6 +276,14 @@ class Reconciler:
             policy, self.clock(), ready=("False", "InvalidSpec", str(error)), degraded=("True", "InvalidSpec", str(error))
         )
         await self._patch_status_body(policy, status, outcome)
+
+    async def report_failure(self, policy, message: str, outcome: Outcome) -> None:
+        """Say on the policy that reconciling it keeps failing (Ready=False, ReconcileFailed); the
+        other conditions stay as they are. The status write may be what fails: then this raises."""
+        failed = ("False", "ReconcileFailed", message)
+        conditions = _conditions(policy, self.clock(), ready=failed, degraded=("True", "ReconcileFailed", message))
+        kept = [c for c in (policy.get("status") or {}).get("conditions") or [] if c.get("type") not in ("Ready", "Degraded")]
+        await self._patch_status_body(policy, {"conditions": conditions + kept}, outcome)
 
     def forget(self, uid: str) -> None:
         for key in [k for k in self._reported if k[0] == uid]:
