@@ -121,7 +121,19 @@ class Reconciler:
                 broken.append((secret, str(read)))
             else:
                 stored.append(read)
-        return stored, broken
+        # Two Secrets holding one key (a copied Secret) would make the planner refuse the whole
+        # set: both are reported like unreadable ones and left in place, for a human to decide.
+        holders: dict[str, list[objects.StoredKey]] = {}
+        for key in stored:
+            holders.setdefault(key.record.kid, []).append(key)
+        by_name = {secret["metadata"]["name"]: secret for secret in secrets}
+        for kid, keys in holders.items():
+            if len(keys) == 1:
+                continue
+            for key in keys:
+                others = ", ".join(other.secret_name for other in keys if other is not key)
+                broken.append((by_name[key.secret_name], f"Secret {key.secret_name}: holds key {kid}, as Secret {others} does (a copy?)"))
+        return [key for key in stored if len(holders[key.record.kid]) == 1], broken
 
     # -- decide and act -----------------------------------------------------------------------
     async def _reconcile(self, policy: dict[str, Any], spec: PolicySpec, outcome: Outcome) -> None:

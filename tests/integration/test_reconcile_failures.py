@@ -157,3 +157,27 @@ def test_a_persistently_refused_configmap_update_is_reported_as_reconcile_failed
     assert status["nextKid"] in solo.jwks_kids("blocked-jwks")
     assert _condition(solo, "blocked")["reason"] == "KeysPublished"
 
+
+def test_a_copied_key_secret_is_reported_on_the_policy_and_left_in_place(policies, operator):
+    """Finding 12: two Secrets holding one kid made the planner raise InconsistentKeysError,
+    which was only logged: the policy went on saying Ready=True while nothing moved."""
+    policies.create("copied", {"algorithm": "ES256"})
+    kid = policies.wait_ready("copied")["status"]["activeKid"]
+    (original,) = policies.key_secrets("copied")
+    copy = client.V1Secret(
+        metadata=client.V1ObjectMeta(
+            name="copied-key-7", labels={**original.metadata.labels, "signingkeys.dev/serial": "7"},
+            annotations=original.metadata.annotations, owner_references=original.metadata.owner_references),
+        type=original.type, data=original.data)
+    policies.core.create_namespaced_secret(policies.namespace, copy)
+
+    wait_until(lambda: _condition(policies, "copied").get("status") == "False", 30, "Ready=False")
+    ready = _condition(policies, "copied")
+    assert ready["reason"] == "KeySecretInvalid"
+    assert f"holds key {kid}" in ready["message"] and "copied-key-1" in ready["message"] and "copied-key-7" in ready["message"]
+    wait_until(lambda: policies.event_reasons("copied").count("KeySecretInvalid") == 2, 15, "one Warning per copy", interval=0.5)
+    assert {s.metadata.name for s in policies.key_secrets("copied")} == {"copied-key-1", "copied-key-7"}  # left in place
+    assert policies.jwks_kids("copied-jwks") == [kid]
+
+    policies.core.delete_namespaced_secret("copied-key-7", policies.namespace)
+    assert policies.wait_ready("copied")["status"]["activeKid"] == kid
