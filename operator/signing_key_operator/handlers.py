@@ -133,6 +133,9 @@ class PolicyLoop:
         metadata = body["metadata"]
         key, version = (kind, metadata["name"]), metadata.get("resourceVersion")
         if deleted:
+            # Its record goes with it: key Secret names are never used again, so the records
+            # would otherwise grow with every key the policy ever had.
+            self.own_versions.pop(key, None)
             self.wake.set()
         elif self._heard is not None:
             # Judged once the reconcile under way has had all its writes answered: under load an
@@ -196,11 +199,12 @@ class PolicyRunner:
         metadata = body["metadata"]
         policy_name = (body.get("spec") or {}).get("policyName")
         loop = self.loops.get((metadata["namespace"], policy_name))
+        if deleted or loop is not None:
+            self.orphans.pop(metadata["uid"], None)  # withdrawn, or its policy is back and its loop reports
         if loop is not None:
             loop.notice("TokenRevocation", body, deleted)
             return
         if deleted:
-            self.orphans.pop(metadata["uid"], None)
             return
         if not isinstance(policy_name, str) or self.orphans.get(metadata["uid"]) == metadata.get("resourceVersion"):
             return
