@@ -333,7 +333,7 @@ async def run_operator(settings: OperatorSettings, stop_flag: asyncio.Event | No
             priority=random.randint(0, 32767),
             namespaces=list(settings.namespaces),
             clusterwide=not settings.namespaces,
-            liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None,
+            liveness_endpoint=f"http://{settings.health_host}:{settings.health_port}/healthz" if settings.health_port else None,
             stop_flag=stop_flag,
         )
     finally:

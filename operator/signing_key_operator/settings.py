@@ -48,6 +48,10 @@ class OperatorSettings:
     health_port: int | None = 8081
     """Port of kopf's liveness endpoint (/healthz) for the Deployment's probes; None disables it."""
 
+    health_host: str = "0.0.0.0"
+    """Address the liveness endpoint binds: all interfaces in a pod (the kubelet probes the pod
+    IP); benches that time it pass 127.0.0.1."""
+
     peering: str | None = None
     """kopf peering object name for several replicas; None runs standalone. Replicas are kept
     from rotating twice by resourceVersion-guarded writes, not by peering (kopf peering is not
