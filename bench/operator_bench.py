@@ -3,6 +3,7 @@
     .venv/bin/python bench/operator_bench.py latency   # revoke -> gone, rotate -> published (p50/p99)
     .venv/bin/python bench/operator_bench.py writes    # API writes per rotation step, per idle policy-hour
     .venv/bin/python bench/operator_bench.py scale     # N policies: time until all Ready, operator RSS
+    .venv/bin/python bench/operator_bench.py rsa       # N RSA-4096 policies: reconciles per second, /healthz stalls
 
 Each run starts its own dev control plane in a temporary folder and an operator process (the
 same `signing-key-operator run` users run), and stops both at the end.
@@ -213,6 +214,119 @@ def scale(count: int) -> None:
         print(f"operator RSS: {idle_rss:.0f} MiB before, peak {peak:.0f} MiB while reconciling, {settled_rss:.0f} MiB settled")
 
 
+class HealthzProbe:
+    """Asks the operator's /healthz (kopf's, served on the event loop) every ``interval`` seconds
+    and keeps each answer's latency: how long the loop leaves a request waiting."""
+
+    def __init__(self, port: int, interval: float = 0.1):
+        self.url = f"http://127.0.0.1:{port}/healthz"
+        self.interval = interval
+        self.latencies: list[float] = []
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import urllib.request
+
+        while not self._stop.is_set():
+            start = time.monotonic()
+            try:
+                with urllib.request.urlopen(self.url, timeout=30) as reply:
+                    reply.read()
+                self.latencies.append(time.monotonic() - start)
+            except OSError:
+                self.failures += 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_):
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> str:
+        if not self.latencies:
+            return f"no answer ({self.failures} failed requests)"
+        return (f"n={len(self.latencies)} p50={statistics.median(self.latencies) * 1000:.0f} ms "
+                f"p99={percentile(self.latencies, 0.99) * 1000:.0f} ms max={max(self.latencies) * 1000:.0f} ms"
+                f"{f', {self.failures} failed' if self.failures else ''}")
+
+
+def _reconciles(operator: OperatorProcess) -> dict[str, float]:
+    """Reconciles so far, by result: done, conflict (a lost race, retried at once), failed."""
+    text = operator.metrics_or_empty()
+    counts = {result: float(value) for result, value in re.findall(r'signing_key_operator_reconciles_total\{result="(\w+)"\} (\S+)', text)}
+    counts["failed"] = sum(float(value) for value in re.findall(r'signing_key_operator_reconcile_errors_total\{kind="\w+"\} (\S+)', text))
+    return counts
+
+
+def rsa(count: int, seconds: int, pokers: int) -> None:
+    """Reconciles of RSA-4096 policies whose keys do not change: every reconcile lists the key
+    Secrets and reads them back. The policies are woken by annotating them (each annotation is a
+    change the operator must look at), from ``pokers`` threads, as fast as the API takes it."""
+    from tests.integration.harness import free_port
+
+    health_port = free_port()
+    with environment(["--health-port", str(health_port), "--health-host", "127.0.0.1"]) as (cluster, api, operator):
+        objects = client.CustomObjectsApi(api)
+        names = [f"rsa{i:03d}" for i in range(count)]
+        start = time.monotonic()
+        for name in names:
+            objects.create_namespaced_custom_object(GROUP, VERSION, "bench", PLURAL, {
+                "apiVersion": f"{GROUP}/{VERSION}", "kind": "SigningKeyPolicy", "metadata": {"name": name},
+                "spec": {"algorithm": "RS256", "rsaKeySize": 4096}})
+        policies = Policies(api, "bench")
+        wait_until(lambda: all(policies.condition(name) == "True" for name in names), 900, "all policies Ready", interval=2)
+        print(f"{count} RS256 policies with RSA-4096 keys Ready {time.monotonic() - start:.0f} s after the first create")
+        time.sleep(5)  # the bootstrap's echoes settle
+
+        stop = threading.Event()
+        pokes = [0] * pokers
+
+        def poke(worker: int) -> None:
+            own = client.CustomObjectsApi(config.new_client_from_config(config_file=str(cluster.kubeconfig)))
+            while not stop.is_set():
+                name = names[(pokes[worker] * pokers + worker) % count]
+                own.patch_namespaced_custom_object(GROUP, VERSION, "bench", PLURAL, name,
+                                                   {"metadata": {"annotations": {"bench.signingkeys.dev/poke": str(time.monotonic())}}})
+                pokes[worker] += 1
+
+        with HealthzProbe(health_port) as idle_probe:
+            time.sleep(5)
+        threads = [threading.Thread(target=poke, args=(i,), daemon=True) for i in range(pokers)]
+        with HealthzProbe(health_port) as probe:
+            before, began = _reconciles(operator), time.monotonic()
+            for thread in threads:
+                thread.start()
+            time.sleep(seconds)
+            after, ended = _reconciles(operator), time.monotonic()
+            stop.set()
+            for thread in threads:
+                thread.join()
+        done = after.get("done", 0) - before.get("done", 0)
+        others = ", ".join(f"{after.get(k, 0) - before.get(k, 0):.0f} {k}" for k in ("conflict", "failed"))
+        print(f"reconciles: {done:.0f} done in {ended - began:.1f} s = {done / (ended - began):.1f} per second ({others}); "
+              f"{sum(pokes)} annotations from {pokers} threads = {sum(pokes) / (ended - began):.0f} per second")
+        print(f"/healthz latency, idle: {idle_probe.summary()}")
+        print(f"/healthz latency while reconciling: {probe.summary()}")
+
+        # A restarted operator has read nothing yet: every key Secret is parsed once.
+        operator.stop()
+        restarted = OperatorProcess(cluster.kubeconfig, operator.log_path,
+                                    extra_args=["--health-port", str(health_port), "--health-host", "127.0.0.1"]).start()
+        try:
+            start = time.monotonic()
+            with HealthzProbe(health_port) as probe:
+                wait_until(lambda: _reconciles(restarted).get("done", 0) >= count, 900, f"{count} reconciles", interval=0.5)
+            print(f"restart: {count} reconciles done {time.monotonic() - start:.1f} s after the start (every key "
+                  f"Secret read for the first time; {_reconciles(restarted)['failed']:.0f} failed); /healthz latency meanwhile: {probe.summary()}")
+        finally:
+            restarted.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -221,11 +335,17 @@ def main() -> None:
     w.add_argument("--idle-seconds", type=int, default=120)
     w.add_argument("--idle-policies", type=int, default=20)
     sub.add_parser("scale").add_argument("--count", type=int, default=1000)
+    r = sub.add_parser("rsa")
+    r.add_argument("--count", type=int, default=100)
+    r.add_argument("--seconds", type=int, default=30)
+    r.add_argument("--pokers", type=int, default=4)
     args = parser.parse_args()
     if args.what == "latency":
         latency(args.runs)
     elif args.what == "writes":
         writes(args.idle_seconds, args.idle_policies)
+    elif args.what == "rsa":
+        rsa(args.count, args.seconds, args.pokers)
     else:
         scale(args.count)
 

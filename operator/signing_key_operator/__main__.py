@@ -66,6 +66,7 @@ def _run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port or None,
         metrics_host=args.metrics_host,
         health_port=args.health_port or None,
+        health_host=args.health_host,
         peering=args.peering,
         redis_resync=parse_duration(args.redis_resync) if args.redis_resync else defaults.redis_resync,
         revocation_document_limit=args.revocation_document_limit or defaults.revocation_document_limit,
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port, 0 to disable")
     run.add_argument("--metrics-host", default="0.0.0.0")
     run.add_argument("--health-port", type=int, default=8081, help="liveness /healthz port, 0 to disable")
+    run.add_argument("--health-host", default="0.0.0.0")
     run.add_argument("--peering", help="kopf peering name for several replicas (default: standalone)")
     run.add_argument("--secret-propagation", help="how long a mounted Secret takes to reach signers (default 90s)")
     run.add_argument("--redis-resync", help="how often Redis-backed policies check Redis still holds their entries (default 15s)")

@@ -17,11 +17,12 @@ import logging
 import random
 import socket
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import kopf
 
+from .core.planner import PlanEvent
 from .k8s import objects
 from .k8s.api import POLICIES, REVOCATIONS, ApiError, KubeApi, load_configuration
 from .metrics import OperatorMetrics
@@ -41,6 +42,15 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def failure_message(error: Exception) -> str:
+    """What a policy's condition and Event say about a failed reconcile. The errors raised here
+    name objects and API answers, never data; a text that quotes key material anyway is withheld."""
+    text = f"{type(error).__name__}: {error}"
+    if "PRIVATE KEY" in text:
+        return f"{type(error).__name__} (its message is withheld: it quotes key material)"
+    return text if len(text) <= 1024 else text[:1023] + "…"
+
+
 class PolicyLoop:
     """Reconciles one policy whenever it is woken or its next due time comes."""
 
@@ -49,6 +59,10 @@ class PolicyLoop:
         self.body = body
         self.wake = asyncio.Event()
         self.own_versions: dict[tuple[str, str], str] = {}
+        self._heard: list[tuple[tuple[str, str], str | None]] | None = None
+        """Events noticed while a reconcile runs (None while none runs)."""
+        self.reported_failure: tuple[str, int | None] | None = None
+        """The kind of failure last reported on the policy by an Event (None: none since the last success)."""
         self.task = asyncio.create_task(self._run(), name=f"policy {self.key}")
         self.wake.set()
 
@@ -58,23 +72,25 @@ class PolicyLoop:
 
     async def _run(self) -> None:
         failures = 0
-        settings = self.runner.settings
         while True:
             await self.wake.wait()
             self.wake.clear()
+            outcome = Outcome()
+            self._heard = []
             try:
-                outcome = await self.runner.reconciler.reconcile(self.body)
-                failures = 0
+                await self.runner.reconciler.reconcile(self.body, outcome)
+                failures, self.reported_failure = 0, None
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # noqa: BLE001 - any failure is retried with backoff, never crash-loops
                 failures += 1
-                kind = type(error).__name__
-                self.runner.metrics.reconcile_errors.labels(kind).inc()
-                backoff = min(settings.error_backoff_initial * 2 ** (failures - 1), settings.error_backoff_max)
-                logger.warning("reconcile of %s/%s failed (%s: %s); retrying in %s", *self.key, kind, error, backoff)
-                outcome = Outcome(retry_after=backoff)
+                outcome.retry_after = await self._failed(error, failures, outcome)
+            # What a failed reconcile did before it failed counts too: its writes' echoes are
+            # ignored (else they would cut the backoff short) and its Events are posted.
             self.own_versions.update(outcome.own_versions)
+            heard, self._heard = self._heard, None
+            if any(self.own_versions.get(key) != version for key, version in heard):
+                self.wake.set()
             if outcome.writes:
                 logger.info("%s/%s: reconciled with %d API writes", *self.key, outcome.writes)
             await self.runner.post_events(self.body, outcome)
@@ -85,6 +101,27 @@ class PolicyLoop:
                 except asyncio.TimeoutError:
                     self.wake.set()
 
+    async def _failed(self, error: Exception, failures: int, outcome: Outcome) -> timedelta:
+        """Count and log a failed reconcile; once it persists, say so on the policy. Returns the backoff."""
+        settings = self.runner.settings
+        kind = type(error).__name__
+        self.runner.metrics.reconcile_errors.labels(kind).inc()
+        backoff = min(settings.error_backoff_initial * 2 ** (failures - 1), settings.error_backoff_max)
+        message = failure_message(error)
+        logger.warning("reconcile of %s/%s failed (%s); retrying in %s", *self.key, message, backoff)
+        if failures < settings.failures_before_report:
+            return backoff
+        # One Event per kind of failure, not one per retry: the condition carries the latest text.
+        what = (kind, getattr(error, "status", None))
+        if what != self.reported_failure:
+            self.reported_failure = what
+            outcome.events.append(PlanEvent("Warning", "ReconcileFailed", f"{message} (failed {failures} times in a row; retrying with backoff)"))
+        try:
+            await self.runner.reconciler.report_failure(self.body, message, outcome)
+        except Exception as report_error:  # noqa: BLE001 - the Event and the log still say it
+            logger.warning("could not set ReconcileFailed on %s/%s: %s: %s", *self.key, type(report_error).__name__, report_error)
+        return backoff
+
     def _delay(self, outcome: Outcome) -> float | None:
         if outcome.retry_after is not None:
             return outcome.retry_after.total_seconds() * (1 + random.random() / 2)
@@ -93,9 +130,22 @@ class PolicyLoop:
         # A few milliseconds late rather than early: an early wake-up finds nothing due yet.
         return max(0.0, (outcome.next_wakeup - self.runner.clock()).total_seconds()) + 0.01
 
-    def is_own_write(self, kind: str, body: dict[str, Any]) -> bool:
+    def notice(self, kind: str, body: dict[str, Any], deleted: bool = False) -> None:
+        """A watch event about the policy or one of its objects: reconcile again, unless it is
+        the echo of one of this loop's own writes."""
         metadata = body["metadata"]
-        return self.own_versions.get((kind, metadata["name"])) == metadata.get("resourceVersion")
+        key, version = (kind, metadata["name"]), metadata.get("resourceVersion")
+        if deleted:
+            # Its record goes with it: key Secret names are never used again, so the records
+            # would otherwise grow with every key the policy ever had.
+            self.own_versions.pop(key, None)
+            self.wake.set()
+        elif self._heard is not None:
+            # Judged once the reconcile under way has had all its writes answered: under load an
+            # echo can come in before the answer to its write does.
+            self._heard.append((key, version))
+        elif self.own_versions.get(key) != version:
+            self.wake.set()
 
 
 class PolicyRunner:
@@ -121,10 +171,8 @@ class PolicyRunner:
         if loop is None:
             self.loops[key] = PolicyLoop(self, body)
             return
-        echo = loop.is_own_write("SigningKeyPolicy", body)
         loop.body = body
-        if not echo:
-            loop.wake.set()
+        loop.notice("SigningKeyPolicy", body)
 
     def policy_deleted(self, body: dict[str, Any]) -> None:
         key = body["metadata"]["namespace"], body["metadata"]["name"]
@@ -154,12 +202,12 @@ class PolicyRunner:
         metadata = body["metadata"]
         policy_name = (body.get("spec") or {}).get("policyName")
         loop = self.loops.get((metadata["namespace"], policy_name))
+        if deleted or loop is not None:
+            self.orphans.pop(metadata["uid"], None)  # withdrawn, or its policy is back and its loop reports
         if loop is not None:
-            if deleted or not loop.is_own_write("TokenRevocation", body):
-                loop.wake.set()
+            loop.notice("TokenRevocation", body, deleted)
             return
         if deleted:
-            self.orphans.pop(metadata["uid"], None)
             return
         if not isinstance(policy_name, str) or self.orphans.get(metadata["uid"]) == metadata.get("resourceVersion"):
             return
@@ -186,11 +234,8 @@ class PolicyRunner:
         metadata = body["metadata"]
         policy = (metadata.get("labels") or {}).get(objects.POLICY_LABEL)
         loop = self.loops.get((metadata["namespace"], policy))
-        if loop is None:
-            return
-        if not deleted and loop.is_own_write(kind, body):
-            return
-        loop.wake.set()
+        if loop is not None:
+            loop.notice(kind, body, deleted)
 
     async def post_events(self, body: dict[str, Any], outcome: Outcome) -> None:
         # Events about the policy first, then those about its TokenRevocations.
@@ -296,7 +341,7 @@ async def run_operator(settings: OperatorSettings, stop_flag: asyncio.Event | No
             priority=random.randint(0, 32767),
             namespaces=list(settings.namespaces),
             clusterwide=not settings.namespaces,
-            liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None,
+            liveness_endpoint=f"http://{settings.health_host}:{settings.health_port}/healthz" if settings.health_port else None,
             stop_flag=stop_flag,
         )
     finally:

@@ -1,9 +1,10 @@
 """One reconcile of one policy: gather -> plan -> act, in a crash-safe order.
 
 Gather reads the key Secrets, the JWKS ConfigMap and the signing Secret fresh from the API (no
-cache: a decision must rest on what is stored now). The pure planner decides. Act writes in an
-order that keeps the invariants at every step, so a crash between any two writes leaves a state
-the next reconcile continues from:
+cache: a decision must rest on what is stored now); only what parsing a key Secret gave is kept,
+by the Secret's version, and parsing runs in a worker process (key_reader.py). The pure planner
+decides. Act writes in an order that keeps the invariants at every step, so a crash between any
+two writes leaves a state the next reconcile continues from:
 
 1. create new key Secrets (their names come from serials, so a second replica that decided the
    same creation collides and backs off: the create is the guarded write);
@@ -50,6 +51,7 @@ from .core.planner import (
 from .core.spec import PolicySpec, SpecError, timeline_warnings
 from .k8s import objects
 from .k8s.api import CONFIGMAPS, POLICIES, SECRETS, ApiError, KubeApi
+from .key_reader import KeySecretReader
 from .metrics import OperatorMetrics
 from .redis_mirror import RedisMirror
 from .revocation_publisher import Published, RevocationPublisher
@@ -97,20 +99,22 @@ class Reconciler:
         self.clock = clock
         self.key_factory = key_factory
         self._reported: dict[tuple[str, str], str] = {}
+        self.key_reader = KeySecretReader()
         self.revocations = RevocationPublisher(
             api, RedisMirror(), clock, redis_resync=settings.redis_resync, redis_retry=settings.error_backoff_initial * 4,
             document_limit=settings.revocation_document_limit, name_conflict_recheck=settings.name_conflict_recheck,
         )
 
-    async def reconcile(self, policy: dict[str, Any]) -> Outcome:
-        outcome = Outcome()
+    async def reconcile(self, policy: dict[str, Any], outcome: Outcome) -> None:
+        """Reconcile once, recording in ``outcome`` as it goes: when this raises, ``outcome`` still
+        holds what was done (the writes, their echoes to ignore, their Events)."""
         try:
             spec = PolicySpec.from_resource(
                 policy["metadata"]["name"], policy.get("spec") or {}, secret_propagation=self.settings.secret_propagation
             )
         except SpecError as error:
             await self._refuse_spec(policy, error, outcome)
-            return outcome
+            return
         self._warn_short_timeline_once(policy, spec, outcome)
         try:
             await self._reconcile(policy, spec, outcome)
@@ -119,22 +123,35 @@ class Reconciler:
             outcome.retry_after = self.settings.conflict_retry
         else:
             self.metrics.reconciles.labels("done").inc()
-        return outcome
 
     # -- gather -------------------------------------------------------------------------------
     async def _gather_keys(self, policy: dict[str, Any]) -> tuple[list[objects.StoredKey], list[tuple[dict, str]]]:
         metadata = policy["metadata"]
         selector = f"{objects.POLICY_LABEL}={metadata['name']},{objects.COMPONENT_LABEL}=key"
-        secrets = await self.api.list(SECRETS, metadata["namespace"], selector)
+        secrets = [
+            secret for secret in await self.api.list(SECRETS, metadata["namespace"], selector)
+            # Not this policy's (an earlier policy's of the same name, or a user's): never touched.
+            if objects.is_owned_by(secret, policy)
+        ]
         stored, broken = [], []
-        for secret in secrets:
-            if not objects.is_owned_by(secret, policy):
-                continue  # not this policy's (an earlier policy's of the same name, or a user's): never touched
-            try:
-                stored.append(objects.read_key_secret(secret))
-            except objects.BrokenKeySecret as error:
-                broken.append((secret, str(error)))
-        return stored, broken
+        for secret, read in zip(secrets, await self.key_reader.read(metadata["uid"], secrets)):
+            if isinstance(read, objects.BrokenKeySecret):
+                broken.append((secret, str(read)))
+            else:
+                stored.append(read)
+        # Two Secrets holding one key (a copied Secret) would make the planner refuse the whole
+        # set: both are reported like unreadable ones and left in place, for a human to decide.
+        holders: dict[str, list[objects.StoredKey]] = {}
+        for key in stored:
+            holders.setdefault(key.record.kid, []).append(key)
+        by_name = {secret["metadata"]["name"]: secret for secret in secrets}
+        for kid, keys in holders.items():
+            if len(keys) == 1:
+                continue
+            for key in keys:
+                others = ", ".join(other.secret_name for other in keys if other is not key)
+                broken.append((by_name[key.secret_name], f"Secret {key.secret_name}: holds key {kid}, as Secret {others} does (a copy?)"))
+        return [key for key in stored if len(holders[key.record.kid]) == 1], broken
 
     # -- decide and act -----------------------------------------------------------------------
     async def _reconcile(self, policy: dict[str, Any], spec: PolicySpec, outcome: Outcome) -> None:
@@ -342,12 +359,22 @@ class Reconciler:
         )
         await self._patch_status_body(policy, status, outcome)
 
+    async def report_failure(self, policy, message: str, outcome: Outcome) -> None:
+        """Say on the policy that reconciling it keeps failing (Ready=False, ReconcileFailed); the
+        other conditions stay as they are. The status write may be what fails: then this raises."""
+        failed = ("False", "ReconcileFailed", message)
+        conditions = _conditions(policy, self.clock(), ready=failed, degraded=("True", "ReconcileFailed", message))
+        kept = [c for c in (policy.get("status") or {}).get("conditions") or [] if c.get("type") not in ("Ready", "Degraded")]
+        await self._patch_status_body(policy, {"conditions": conditions + kept}, outcome)
+
     def forget(self, uid: str) -> None:
         for key in [k for k in self._reported if k[0] == uid]:
             del self._reported[key]
+        self.key_reader.forget(uid)
         self.revocations.forget(uid)
 
     async def close(self) -> None:
+        await self.key_reader.close()
         await self.revocations.mirror.close()
 
     async def _patch_status(

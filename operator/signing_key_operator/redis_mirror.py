@@ -25,6 +25,7 @@ for (a SCAN). Entries that end need no command: their keys expire by themselves
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from dataclasses import dataclass
 
@@ -85,10 +86,17 @@ class RedisMirror:
     def __init__(self, timeout: float = 2.0):
         self.timeout = timeout
         self._clients: dict[tuple[str, str | None], aioredis.Redis] = {}
+        self._client_of: dict[str, tuple[str, str | None]] = {}
+        """Policy uid -> the (url, password) of its client; a client no policy uses is closed."""
+        self._closing: set[asyncio.Task] = set()
         self._mirrored: dict[str, _Mirrored] = {}
 
-    def _client(self, url: str, password: str | None) -> aioredis.Redis:
+    def _client(self, policy_uid: str, url: str, password: str | None) -> aioredis.Redis:
         key = (url, password)
+        previous = self._client_of.get(policy_uid)
+        self._client_of[policy_uid] = key
+        if previous is not None and previous != key:
+            self._release(previous)  # the policy's URL or password changed
         client = self._clients.get(key)
         if client is None:
             client = self._clients[key] = aioredis.Redis.from_url(
@@ -99,7 +107,7 @@ class RedisMirror:
     async def mirror(self, policy_uid: str, url: str, password: str | None, layout: RedisLayout, entries: RevocationDocument) -> int:
         """Make Redis hold exactly ``entries`` under ``layout``; returns the commands written."""
         digest = entries_digest(entries)
-        client = self._client(url, password)
+        client = self._client(policy_uid, url, password)
         known = self._mirrored.get(policy_uid)
         check = known.check if known is not None and known.digest == digest else _EntryCheck(entries, layout)
         try:
@@ -128,11 +136,25 @@ class RedisMirror:
 
     def forget(self, policy_uid: str) -> None:
         self._mirrored.pop(policy_uid, None)
+        key = self._client_of.pop(policy_uid, None)
+        if key is not None:
+            self._release(key)
+
+    def _release(self, key: tuple[str, str | None]) -> None:
+        """Close the client of ``key`` unless another policy still uses it (in the background:
+        a policy is forgotten from a watch handler, which must not wait on Redis)."""
+        if key in self._client_of.values() or (client := self._clients.pop(key, None)) is None:
+            return
+        task = asyncio.get_running_loop().create_task(client.aclose(), name=f"close Redis client {_without_password(key[0])}")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
+        await asyncio.gather(*self._closing, return_exceptions=True)
         for client in self._clients.values():
             await client.aclose()
         self._clients.clear()
+        self._client_of.clear()
 
 
 def _wanted(entries: RevocationDocument, layout: RedisLayout) -> list[tuple[str, int, int]]:

@@ -39,6 +39,12 @@ class OperatorSettings:
     """Upper bound of that backoff: a broken API server must not be hammered, and a policy must
     not sit unreconciled for longer than a minute once the API is back."""
 
+    failures_before_report: int = 3
+    """Failed reconciles in a row before the policy says so (Ready=False, reason ReconcileFailed,
+    and a Warning Event): one failure is usually a blip (an API server restart, a dropped
+    connection) that the retry a second later gets past; three in a row, over 1 + 2 s of backoff,
+    is a refusal or an outage that a human should see."""
+
     metrics_port: int | None = 8080
     """Port of the Prometheus endpoint (/metrics); None disables it."""
 
@@ -47,6 +53,10 @@ class OperatorSettings:
 
     health_port: int | None = 8081
     """Port of kopf's liveness endpoint (/healthz) for the Deployment's probes; None disables it."""
+
+    health_host: str = "0.0.0.0"
+    """Address the liveness endpoint binds: all interfaces in a pod (the kubelet probes the pod
+    IP); benches that time it pass 127.0.0.1."""
 
     peering: str | None = None
     """kopf peering object name for several replicas; None runs standalone. Replicas are kept

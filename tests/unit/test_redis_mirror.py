@@ -4,6 +4,7 @@ again, withdrawn entries, expiry at each entry's end, and errors that name no pa
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -113,5 +114,48 @@ async def test_an_unreachable_redis_is_reported_without_its_password(redis_serve
         with pytest.raises(RedisUnavailable) as failed:
             await mirror.mirror("uid", url, None, LAYOUT, document({"a": SOON}))
         assert "hunter2" not in str(failed.value) and "127.0.0.1" in str(failed.value)
+    finally:
+        await mirror.close()
+
+
+def _mirror_connections(store: redis.Redis) -> int:
+    """Connections to the server other than ``store``'s own."""
+    return sum(1 for client in store.client_list() if int(client["id"]) != store.client_id())
+
+
+async def _until(predicate, what: str) -> None:
+    for _ in range(200):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"never: {what}")
+
+
+async def test_the_client_of_a_forgotten_policy_is_closed_and_a_shared_one_kept(redis_server):
+    """Finding 12: a deleted policy's Redis client stayed open for the life of the operator."""
+    mirror, store = RedisMirror(), redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        for uid in ("first", "second"):
+            await mirror.mirror(uid, redis_server.url, None, RedisLayout.for_policy("auth", uid), document({"a": SOON}))
+        assert _mirror_connections(store) == 1  # one client for both: same URL, same password
+        mirror.forget("first")
+        await asyncio.sleep(0.1)
+        assert _mirror_connections(store) == 1  # still used by the second policy
+        mirror.forget("second")
+        await _until(lambda: _mirror_connections(store) == 0, "the client closed")
+    finally:
+        await mirror.close()
+
+
+async def test_a_changed_password_closes_the_client_of_the_old_one(redis_server):
+    """Finding 12: every password a policy ever used kept a client open."""
+    with redis.Redis.from_url(redis_server.url) as admin:
+        admin.execute_command("ACL", "SETUSER", "default", "on", ">old-secret", ">new-secret", "~*", "&*", "+@all")
+    mirror = RedisMirror()
+    store = redis.Redis.from_url(redis_server.url, password="old-secret", decode_responses=True)
+    try:
+        await mirror.mirror("uid", redis_server.url, "old-secret", LAYOUT, document({"a": SOON}))
+        await mirror.mirror("uid", redis_server.url, "new-secret", LAYOUT, document({"a": SOON, "b": SOON}))
+        await _until(lambda: _mirror_connections(store) == 1, "only the new password's client left")
     finally:
         await mirror.close()

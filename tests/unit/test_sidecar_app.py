@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hashlib
 import json
+import re
 from email.utils import parsedate_to_datetime
 
 import pytest
@@ -529,3 +531,38 @@ async def test_a_max_age_of_any_length_never_holds_back_an_update():
         assert await (await client.get(JWKS)).read() == newer_set
         metrics = metric_samples(await (await client.get("/metrics")).text())
         assert metrics[("signing_key_sidecar_jwks_max_age_ignored_total", ())] == 1
+
+
+# ---------------------------------------------------------------- source supervision
+
+
+class _StoppingSource:
+    """Fails at once, except its fifth run, which works for longer than the backoff cap first."""
+
+    description = "test source"
+
+    def __init__(self, long_run: float) -> None:
+        self.runs = 0
+        self.long_run = long_run
+        self.settled = asyncio.Event()
+
+    async def run(self, state) -> None:
+        self.runs += 1
+        if self.runs == 5:
+            await asyncio.sleep(self.long_run)
+        if self.runs == 7:
+            self.settled.set()
+            await asyncio.Event().wait()  # runs until the app stops
+        raise RuntimeError("the source broke")
+
+
+async def test_the_restart_backoff_starts_again_after_a_source_ran_for_a_while(caplog):
+    """Finding 12: the wait between restarts only ever grew, so after one bad spell every later
+    restart, for the life of the pod, waited the cap."""
+    settings = Settings(backoff_initial=0.1, backoff_max=0.4)
+    source = _StoppingSource(long_run=0.5)
+    caplog.set_level("WARNING", logger="signing_key_operator.sidecar.app")
+    async with TestClient(TestServer(make_app(source, settings))):
+        await asyncio.wait_for(source.settled.wait(), 30)
+    waits = [float(m.group(1)) for r in caplog.records if (m := re.search(r"restarting in ([\d.]+)s", r.getMessage()))]
+    assert waits == [0.1, 0.2, 0.4, 0.4, 0.1, 0.2]

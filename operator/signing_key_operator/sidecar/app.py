@@ -138,21 +138,43 @@ def make_app(
     return app
 
 
+class RestartBackoff:
+    """The wait before a stopped source is restarted: doubling (up to ``cap``) while it keeps
+    stopping, and back to ``initial`` once it has run for ``cap`` or longer, since a source that
+    worked that long is not part of the same failure streak (without that, one bad hour set every
+    later restart, for the life of the pod, to the cap)."""
+
+    def __init__(self, initial: float, cap: float) -> None:
+        self.initial, self.cap = initial, cap
+        self._next = initial
+
+    def after_run(self, ran_for: float) -> float:
+        """The wait after a run that lasted ``ran_for`` seconds."""
+        if ran_for >= self.cap:
+            self._next = self.initial
+        wait = self._next
+        self._next = min(wait * 2, self.cap)
+        return wait
+
+
 def _source_runner(
     source: Source, state: PublishedState, settings: Settings
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def supervise() -> None:
-        backoff = settings.backoff_initial
+        backoff = RestartBackoff(settings.backoff_initial, settings.backoff_max)
+        clock = asyncio.get_running_loop().time
         while True:
+            started = clock()
             try:
                 await source.run(state)
-                log.warning("%s stopped; restarting", source.description)
+                wait = backoff.after_run(clock() - started)
+                log.warning("%s stopped; restarting in %.1fs", source.description, wait)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("%s failed; restarting in %.1fs", source.description, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, settings.backoff_max)
+                wait = backoff.after_run(clock() - started)
+                log.exception("%s failed; restarting in %.1fs", source.description, wait)
+            await asyncio.sleep(wait)
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         log.info("loading the %s from %s", state.what, source.description)
