@@ -23,7 +23,7 @@ def operator(kubeconfig, signingkeypolicy_crd, tmp_path_factory):
     # Tests that run operators of their own use namespaces outside this pattern.
     process = OperatorProcess(
         kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", extra_args=["--namespace", "t-*", "--redis-resync", REDIS_RESYNC]
-    ).start()
+    ).start().wait_serving()
     yield process
     process.stop()
 

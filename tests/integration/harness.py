@@ -93,6 +93,16 @@ class OperatorProcess:
         log.close()
         return self
 
+    def wait_serving(self, timeout: float = 90) -> "OperatorProcess":
+        """Wait until the process answers on its metrics port: a test's own timeouts then time
+        the operator's work, not the interpreter's start-up on a busy machine."""
+        def serving() -> bool:
+            assert self.process.poll() is None, "the operator exited:\n" + self.logs()[-3000:]
+            return bool(self.metrics_or_empty())
+
+        wait_until(serving, timeout, "the operator to start", interval=0.2)
+        return self
+
     def stop(self) -> None:
         if self.process:
             terminate(self.process, grace=15)
