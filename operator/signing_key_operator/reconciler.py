@@ -30,7 +30,15 @@ over the keys (nor a name conflict of the keys' objects) holds them back; a conf
 revocation ConfigMap holds only the revocation document.
 
 Every update carries the resourceVersion it was decided on; a 409 aborts the step and the
-policy is reconciled again from fresh reads (dex's "re-check inside the guarded write").
+policy is reconciled again from fresh reads (dex's "re-check inside the guarded write"). For the
+JWKS ConfigMap and the signing Secret, "decided on" covers the key Secrets too: both are read
+before the key Secrets are listed, so whatever another replica published or pointed at since
+this view was gathered makes their replace fail, however old the view. A view can still fall
+between another replica's JWKS write and its state records; that is what a restart after a crash
+there sees, and it is safe only with the policy's requests as they are now (the revoke-kid that
+replica is acting on). The policy comes from the watch, which may lag every read here, so its
+plan inputs (spec generation, request annotations) are read again before either write, and a
+change means deciding again.
 """
 
 from __future__ import annotations
@@ -161,6 +169,8 @@ class Reconciler:
             policy, spec, lambda kind, call: self._write(outcome, kind, call), outcome.object_events, outcome.events
         )
         self.metrics.observe_revocations(namespace, name, revocations.in_force, revocations.unpublished)
+        jwks_configmap = await self.api.get(CONFIGMAPS, namespace, spec.jwks_config_map_name)
+        signing = await self.api.get(SECRETS, namespace, spec.signing_secret_name)
         stored, broken = await self._gather_keys(policy)
         if broken:
             # Invariant 7: report and leave in place. Writing around an unreadable key could
@@ -171,8 +181,6 @@ class Reconciler:
             outcome.next_wakeup = revocations.next_wakeup
             await self._patch_status(policy, spec, [s.record for s in stored], outcome, revocations, broken=broken)
             return
-        jwks_configmap = await self.api.get(CONFIGMAPS, namespace, spec.jwks_config_map_name)
-        signing = await self.api.get(SECRETS, namespace, spec.signing_secret_name)
         conflicts = [c for c in (
             objects.name_conflict("ConfigMap", jwks_configmap, policy, "spec.jwksConfigMapName"),
             objects.name_conflict("Secret", signing, policy, "spec.signingSecretName"),
@@ -181,12 +189,7 @@ class Reconciler:
             await self._hold_for_conflicts(policy, spec, stored, conflicts, outcome, revocations)
             return
         annotations = metadata.get("annotations") or {}
-        requests = Requests(
-            rotate=annotations.get(ROTATE_ANNOTATION),
-            rotate_handled=annotations.get(objects.ROTATE_HANDLED_ANNOTATION),
-            revoke_kid=annotations.get(REVOKE_ANNOTATION),
-            revoke_handled=annotations.get(objects.REVOKE_HANDLED_ANNOTATION),
-        )
+        requests = _requests(policy)
         now = self.clock()
         decision: Plan = await asyncio.to_thread(
             functools.partial(plan, signing=objects.signing_view(signing)), spec, [s.record for s in stored], now,
@@ -267,15 +270,28 @@ class Reconciler:
             outcome.own_versions[(kind, written["metadata"]["name"])] = written["metadata"]["resourceVersion"]
         return written
 
+    async def _check_plan_inputs_unchanged(self, policy) -> None:
+        """Before a JWKS or signing-Secret write: the policy as stored must still say what the
+        plan read from it (spec generation, request annotations), else decide again. Other
+        changes (status, unrelated annotations) change no plan and are no reason to retry."""
+        metadata = policy["metadata"]
+        stored = await self.api.get(POLICIES, metadata["namespace"], metadata["name"])
+        if (
+            stored is None or stored["metadata"]["uid"] != metadata["uid"]
+            or stored["metadata"].get("generation") != metadata.get("generation") or _requests(stored) != _requests(policy)
+        ):
+            raise _Conflict()
+
     async def _publish_jwks(self, policy, spec: PolicySpec, current, decision: Plan, materials, outcome: Outcome) -> None:
-        """``current``: the ConfigMap as read before deciding (absent or this policy's); the
-        replace carries its resourceVersion, so a change since then aborts the write."""
+        """``current``: the ConfigMap as read before the key Secrets were listed (absent or this
+        policy's); the replace carries its resourceVersion, so a change since then aborts the write."""
         namespace = policy["metadata"]["namespace"]
         jwks = render_jwk_set([materials[record.serial].public_jwk() for record in decision.published])
         max_age = int(spec.jwks_max_age.total_seconds())
         desired = objects.published_configmap(policy, spec.jwks_config_map_name, "jwks", "jwks.json", jwks, max_age)
         if objects.configmap_is_current(current, desired):
             return
+        await self._check_plan_inputs_unchanged(policy)
         if current is None:
             await self._write(outcome, "ConfigMap", self.api.create(CONFIGMAPS, namespace, desired))
         else:
@@ -289,6 +305,7 @@ class Reconciler:
         namespace = policy["metadata"]["namespace"]
         if objects.signing_secret_is_current(current, material):
             return
+        await self._check_plan_inputs_unchanged(policy)
         desired = objects.signing_secret(policy, spec.signing_secret_name, material, serial, since=self.clock(), replaced=current)
         if current is None:
             await self._write(outcome, "Secret", self.api.create(SECRETS, namespace, desired))
@@ -424,6 +441,16 @@ class Reconciler:
             outcome, "SigningKeyPolicy",
             self.api.merge_patch(POLICIES, metadata["namespace"], metadata["name"], {"status": status}, subresource="status"),
         )
+
+
+def _requests(policy: dict[str, Any]) -> Requests:
+    annotations = policy["metadata"].get("annotations") or {}
+    return Requests(
+        rotate=annotations.get(ROTATE_ANNOTATION),
+        rotate_handled=annotations.get(objects.ROTATE_HANDLED_ANNOTATION),
+        revoke_kid=annotations.get(REVOKE_ANNOTATION),
+        revoke_handled=annotations.get(objects.REVOKE_HANDLED_ANNOTATION),
+    )
 
 
 def _conflicts_of(revocations: Published) -> list[objects.NameConflict]:

@@ -4,7 +4,9 @@ does not watch."""
 from __future__ import annotations
 
 import base64
+import json
 import re
+import threading
 import time
 import uuid
 from collections import Counter
@@ -12,7 +14,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from kubernetes import client
+from kubernetes import client, watch
+
+from signing_key_operator.k8s.objects import REVOKE_HANDLED_ANNOTATION
 
 from .harness import FAST_SPEC, OperatorProcess, Policies, wait_until
 
@@ -186,6 +190,189 @@ def test_two_operator_processes_rotate_exactly_once_per_due_time(solo, kubeconfi
     assert all(gap >= 10 for gap in gaps), gaps
     # Both processes were live and reconciling the policy, not one idling behind the other.
     assert all("shared" in op_log for op_log in (op.logs() for op in operators))
+
+
+class VersionRecorder:
+    """Every version of one object, in order, as a real watch delivers them: from a given
+    resourceVersion the API server sends each change, none skipped, so a version that lasted a
+    millisecond is recorded as surely as one that lasted a minute."""
+
+    def __init__(self, list_call, namespace: str, name: str, resource_version: str, read):
+        self.versions: list[tuple[str, object]] = []
+        self._watch = watch.Watch()
+        self._stream = self._watch.stream(
+            list_call, namespace, field_selector=f"metadata.name={name}", resource_version=resource_version, timeout_seconds=300
+        )
+        self._read = read
+        self._stopped = False
+        self.error: Exception | None = None
+        threading.Thread(target=self._record, daemon=True).start()
+
+    def _record(self) -> None:
+        try:
+            for event in self._stream:
+                item = event["object"]
+                self.versions.append((item.metadata.resource_version, self._read(item)))
+        except Exception as error:  # noqa: BLE001 - a broken watch fails wait_for; one cut after stop() is expected
+            if not self._stopped:
+                self.error = error
+
+    def wait_for(self, resource_version: str) -> None:
+        def delivered() -> bool:
+            if self.error is not None:
+                raise AssertionError(f"the watch broke: {self.error!r}")
+            return any(v == resource_version for v, _ in self.versions)
+
+        wait_until(delivered, 30, f"the watch to deliver version {resource_version}")
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._watch.stop()
+
+
+def _reconciles(process: OperatorProcess) -> float:
+    """Reconciles the process has finished, whatever their result."""
+    return sum(float(n) for n in re.findall(r'signing_key_operator_reconciles_total\{result="[^"]+"\} (\S+)', process.metrics_or_empty()))
+
+
+def _from_first(values: list, predicate) -> list:
+    """The values from the first one that satisfies ``predicate`` on."""
+    for index, value in enumerate(values):
+        if predicate(value):
+            return values[index:]
+    return []
+
+
+def _held_operator(kubeconfig, policies: Policies, tmp_path: Path, name: str, after: str) -> tuple[OperatorProcess, Path]:
+    """An operator process that holds its reconcile after the request ``after`` matches, once
+    its gate (the Path returned) is armed; see crashing_operator.py."""
+    gate = tmp_path / f"{name}-gate"
+    gate.mkdir()
+    process = OperatorProcess(
+        kubeconfig, tmp_path / f"{name}.log", extra_args=["--namespace", policies.namespace], entry=[CRASHING_OPERATOR],
+        env={"SKO_PAUSE_GATE": str(gate), "SKO_PAUSE_AFTER": after},
+    ).start()
+    return process, gate
+
+
+def _create_contested_policy(policies: Policies) -> str:
+    """A policy with no timer work due during a test (only a revocation changes its keys); its kid."""
+    policies.create("contested", {**FAST_SPEC, "rotation": {"interval": "1h", "publishAhead": "4s"}})
+    first = policies.wait_ready("contested")["status"]["activeKid"]
+    wait_until(lambda: _stored_state(policies, "contested")[2] == first and policies.jwks_kids("contested-jwks") == [first],
+               30, "the first key to sign and be published")
+    return first
+
+
+def _hold_on_a_nudge(policies: Policies, gate: Path, where: str) -> None:
+    """Wake both replicas with an annotation no plan reads; the armed one holds at its gate."""
+    (gate / "armed").touch()
+    policies.annotate("contested", {"example.com/nudge": "1"})
+    wait_until((gate / "paused").exists, 30, f"the stale replica to hold {where}")
+
+
+def _release(process: OperatorProcess, gate: Path) -> None:
+    """Let the held reconcile go on, and wait for it and the one its wake-ups during the hold asked for."""
+    finished = _reconciles(process)
+    (gate / "resume").touch()
+    wait_until(lambda: _reconciles(process) >= finished + 2, 30, "the stale replica to reconcile after the hold", interval=0.2)
+
+
+def _record_jwks_and_signing(policies: Policies) -> list[VersionRecorder]:
+    core = policies.core
+    configmap = core.read_namespaced_config_map("contested-jwks", policies.namespace)
+    secret = core.read_namespaced_secret("contested-signing", policies.namespace)
+    return [
+        VersionRecorder(core.list_namespaced_config_map, policies.namespace, "contested-jwks", configmap.metadata.resource_version,
+                        lambda cm: [key["kid"] for key in json.loads(cm.data["jwks.json"])["keys"]]),
+        VersionRecorder(core.list_namespaced_secret, policies.namespace, "contested-signing", secret.metadata.resource_version,
+                        lambda signing: base64.b64decode(signing.data["kid"]).decode()),
+    ]
+
+
+def _wait_converged_and_recorded(policies: Policies, revoked: str, recorders: list[VersionRecorder]) -> None:
+    def converged() -> bool:
+        active = (policies.get("contested").get("status") or {}).get("activeKid")
+        _, published, signing = _stored_state(policies, "contested")
+        return active not in (None, revoked) and signing == active and published == [active]
+
+    wait_until(converged, 30, "the replicas to agree on the state after the revocation")
+    core = policies.core
+    recorders[0].wait_for(core.read_namespaced_config_map("contested-jwks", policies.namespace).metadata.resource_version)
+    recorders[1].wait_for(core.read_namespaced_secret("contested-signing", policies.namespace).metadata.resource_version)
+
+
+def _stop(recorders: list[VersionRecorder], processes: list[OperatorProcess]) -> None:
+    for recorder in recorders:
+        recorder.stop()
+    for process in processes:
+        process.stop()
+
+
+def _assert_revoked_key_never_came_back(recorders: list[VersionRecorder], revoked: str) -> None:
+    published_versions = [kids for _, kids in recorders[0].versions]
+    signing_versions = [kid for _, kid in recorders[1].versions]
+    after_revocation = _from_first(published_versions, lambda kids: revoked not in kids)
+    assert after_revocation, f"the watch saw no JWKS without {revoked}: {published_versions}"
+    assert all(revoked not in kids for kids in after_revocation), f"{revoked} was published again: {published_versions}"
+    after_moving_on = _from_first(signing_versions, lambda kid: kid != revoked)
+    assert after_moving_on, f"the watch saw the signing Secret never leave {revoked}: {signing_versions}"
+    assert revoked not in after_moving_on, f"the signing Secret pointed at revoked {revoked} again: {signing_versions}"
+
+
+def test_a_replica_holding_a_view_from_before_a_revocation_never_puts_the_revoked_key_back(solo, kubeconfig, tmp_path):
+    """Finding 9: one replica lists the key Secrets and is held there; the other handles an
+    emergency revoke-kid completely; then the held one goes on with its old view. No version of
+    the JWKS ConfigMap after the revocation may hold the revoked kid again, and the signing
+    Secret may never point back at it."""
+    stale, gate = _held_operator(kubeconfig, solo, tmp_path, "stale", r"^GET \S*/secrets\?\S*component=key")
+    fresh = OperatorProcess(kubeconfig, tmp_path / "fresh.log", extra_args=["--namespace", solo.namespace]).start()
+    recorders = []
+    try:
+        revoked = _create_contested_policy(solo)
+        _hold_on_a_nudge(solo, gate, "after listing the key Secrets")
+        recorders = _record_jwks_and_signing(solo)
+        solo.annotate("contested", {"signingkeys.dev/revoke-kid": revoked})
+
+        def handled_by_the_fresh_replica() -> bool:
+            policy = solo.get("contested")
+            active = (policy.get("status") or {}).get("activeKid")
+            return (policy["metadata"]["annotations"].get(REVOKE_HANDLED_ANNOTATION) == revoked and active not in (None, revoked)
+                    and _stored_state(solo, "contested")[2] == active)
+
+        wait_until(handled_by_the_fresh_replica, 30, "the fresh replica to handle the revocation")
+        _release(stale, gate)
+        _wait_converged_and_recorded(solo, revoked, recorders)
+    finally:
+        _stop(recorders, [stale, fresh])
+    _assert_revoked_key_never_came_back(recorders, revoked)
+
+
+def test_a_replica_reading_in_the_middle_of_a_revocation_with_an_older_policy_never_puts_the_revoked_key_back(
+    solo, kubeconfig, tmp_path,
+):
+    """Finding 9, the view that no resourceVersion guard catches: the stale replica's policy (from
+    its watch) predates the revoke-kid, while its reads fall in the middle of the other replica's
+    revocation (after that one published the JWKS without the kid, before it marked the key
+    revoked), so it sees the old key still signing beside the emergency key and the JWKS it
+    would replace is the newest. It must decide again from the policy as stored, not publish
+    the revoked kid."""
+    stale, stale_gate = _held_operator(kubeconfig, solo, tmp_path, "stale", r"^GET \S*/tokenrevocations\?")
+    revoker, revoker_gate = _held_operator(kubeconfig, solo, tmp_path, "revoker", r"^PUT \S*/configmaps/contested-jwks\?")
+    recorders = []
+    try:
+        revoked = _create_contested_policy(solo)
+        _hold_on_a_nudge(solo, stale_gate, "before its reads")
+        recorders = _record_jwks_and_signing(solo)
+        (revoker_gate / "armed").touch()
+        solo.annotate("contested", {"signingkeys.dev/revoke-kid": revoked})
+        wait_until((revoker_gate / "paused").exists, 30, "the revoker to hold after publishing the JWKS without the kid")
+        _release(stale, stale_gate)
+        (revoker_gate / "resume").touch()
+        _wait_converged_and_recorded(solo, revoked, recorders)
+    finally:
+        _stop(recorders, [stale, revoker])
+    _assert_revoked_key_never_came_back(recorders, revoked)
 
 
 def test_no_private_key_material_reaches_configmaps_status_events_or_logs(solo, kubeconfig, api_client, tmp_path, operator):
