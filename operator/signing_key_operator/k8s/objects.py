@@ -238,7 +238,13 @@ def signing_secret(
     name = policy["metadata"]["name"]
     annotations = {_annotation("kid"): material.kid, SERIAL_LABEL: str(serial), SIGNING_SINCE_ANNOTATION: format_record_time(since)}
     before = signing_view(replaced)
-    if before is not None and before.kid is not None and before.kid != material.kid:
+    if before is not None and before.kid == material.kid:
+        # Repaired, not moved (its content was edited): signers moved when it last changed key.
+        if before.since is not None:
+            annotations[SIGNING_SINCE_ANNOTATION] = format_record_time(before.since)
+        if before.replaced_kid is not None:
+            annotations[REPLACED_KID_ANNOTATION] = before.replaced_kid
+    elif before is not None and before.kid is not None:
         annotations[REPLACED_KID_ANNOTATION] = before.kid
     return {
         "apiVersion": "v1",
