@@ -13,19 +13,26 @@ def _dev_cluster(args: argparse.Namespace) -> int:
 
     cluster = DevCluster(Path(args.dir))
     if args.action == "build":
-        from .devcluster.build import ensure_binaries
+        from .devcluster.build import ensure_binaries, ensure_node_binaries
 
         try:
             ensure_tools()
             binaries = ensure_binaries()
+            node = ensure_node_binaries() if args.node else None
         except RuntimeError as error:
             print(f"signing-key-operator dev-cluster build: {error}", file=sys.stderr)
             return 1
         print(f"kube-apiserver {binaries.kubernetes_version}, etcd {binaries.etcd_version}: {binaries.kube_apiserver.parent}")
+        if node is not None:
+            print(f"kubelet, kube-scheduler, kube-proxy {binaries.kubernetes_version}: {node.kubelet.parent}")
         return 0
     if args.action == "up":
         ensure_tools()
-        cluster.up()
+        try:
+            cluster.up(node=args.node)
+        except RuntimeError as error:
+            print(f"signing-key-operator dev-cluster up: {error}", file=sys.stderr)
+            return 1
         print(cluster.kubeconfig)
         return 0
     if args.action == "down":
@@ -44,6 +51,8 @@ def _dev_cluster(args: argparse.Namespace) -> int:
     ready = cluster.ready()
     print(f"{'kube-apiserver /readyz':<24} {'ok' if ready else 'not ready'} ({state.server}, {state.kubernetes_version})")
     print(f"{'kubeconfig':<24} {cluster.kubeconfig}")
+    if state.node is not None and ready:
+        print(cluster.describe_node())
     return 0 if ready and all(running.values()) else 1
 
 
@@ -58,6 +67,9 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         logging.getLogger("kopf").setLevel(logging.WARNING)
+        # kopf's /healthz is served by aiohttp, which logs every request: in a pod that is a
+        # line per kubelet probe, several a minute, burying what the operator does.
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     defaults = OperatorSettings()
     settings = OperatorSettings(
         kubeconfig=args.kubeconfig,
@@ -111,9 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", default=".devcluster", help="the dev cluster's folder (default: .devcluster)")
     demo.set_defaults(handler=lambda args: __import__("signing_key_operator.demo", fromlist=["run_demo"]).run_demo(Path(args.dir)))
 
-    dev = commands.add_parser("dev-cluster", help="a local kube-apiserver + etcd + kube-controller-manager on loopback")
+    dev = commands.add_parser("dev-cluster", help="a local kube-apiserver + etcd + kube-controller-manager on loopback, optionally with a node")
     dev.add_argument("action", choices=["up", "down", "status", "build"],
                      help="build only builds the binaries and unpacks kubectl/helm (cached)")
+    dev.add_argument("--node", action="store_true",
+                     help="up/build: also a node (containerd, kubelet, kube-scheduler, kube-proxy; pods on a local bridge)")
     dev.add_argument("--dir", default=".devcluster", help="state, logs and kubeconfig (default: .devcluster)")
     dev.set_defaults(handler=_dev_cluster)
     return parser

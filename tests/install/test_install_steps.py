@@ -122,7 +122,10 @@ def test_the_control_plane_cache_key_changes_with_everything_that_changes_the_bi
 
 
 def test_the_pinned_control_plane_is_named_by_version_and_recipe(tmp_path):
-    kube, etcd, k8s_version, etcd_version = build._targets(build.GOMOD_DIR, tmp_path, build.go_environment())
+    kube, node, etcd, k8s_version, etcd_version = build._targets(build.GOMOD_DIR, tmp_path, build.go_environment())
     assert kube.out_dir.name.startswith(f"kubernetes-{k8s_version}-")
+    assert node.out_dir.name.startswith(f"kubernetes-node-{k8s_version}-")
+    assert node.module_dir == kube.module_dir, "the node is built from the control plane's pinned module"
+    assert f"gitVersion={k8s_version}" in node.ldflags
     assert etcd.out_dir.name.startswith(f"etcd-{etcd_version}-")
     assert f"gitVersion={k8s_version}" in kube.ldflags

@@ -1,4 +1,5 @@
-"""Builds kube-apiserver, kube-controller-manager and etcd from their Go modules.
+"""Builds kube-apiserver, kube-controller-manager and etcd from their Go modules, and the node's
+kubelet, kube-scheduler and kube-proxy from the same pinned Kubernetes module.
 
 No package registry ships these binaries, but the Go module proxy serves their sources. The pinned
 versions live in the go.mod files beside this module (gomod/kube, gomod/etcd); binaries are cached
@@ -54,6 +55,13 @@ class Binaries:
     etcd_version: str
 
 
+@dataclass(frozen=True)
+class NodeBinaries:
+    kubelet: Path
+    kube_scheduler: Path
+    kube_proxy: Path
+
+
 # What `go build` is told besides the target's own flags. -mod=readonly: the committed go.sum is
 # the whole truth, so what is built is what the hash below names (-mod=mod would let a build
 # rewrite go.mod/go.sum and so its own cache key); -buildvcs=false because the repo's git
@@ -95,7 +103,7 @@ def recipe_fingerprint(module_dir: Path, packages: dict[str, str], ldflags: str,
     return digest.hexdigest()[:12]
 
 
-def _targets(gomod_dir: Path, root: Path, go_env: dict[str, str]) -> tuple[_Target, _Target, str, str]:
+def _targets(gomod_dir: Path, root: Path, go_env: dict[str, str]) -> tuple[_Target, _Target, _Target, str, str]:
     kube_dir, etcd_dir = gomod_dir / "kube", gomod_dir / "etcd"
     k8s_version = _pinned_version(kube_dir / "go.mod", "k8s.io/kubernetes")
     etcd_version = _pinned_version(etcd_dir / "go.mod", "go.etcd.io/etcd/server/v3")
@@ -109,6 +117,12 @@ def _targets(gomod_dir: Path, root: Path, go_env: dict[str, str]) -> tuple[_Targ
         "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
         "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
     }
+    # A target of its own, so a control plane without a node neither builds nor waits for it.
+    node_packages = {
+        "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+        "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
+        "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
+    }
     etcd_packages = {"etcd": "go.etcd.io/etcd/server/v3"}
     kube = _Target(
         kube_dir,
@@ -116,13 +130,19 @@ def _targets(gomod_dir: Path, root: Path, go_env: dict[str, str]) -> tuple[_Targ
         ldflags,
         root / f"kubernetes-{k8s_version}-{recipe_fingerprint(kube_dir, kube_packages, ldflags, go_env)}",
     )
+    node = _Target(
+        kube_dir,
+        node_packages,
+        ldflags,
+        root / f"kubernetes-node-{k8s_version}-{recipe_fingerprint(kube_dir, node_packages, ldflags, go_env)}",
+    )
     etcd = _Target(
         etcd_dir,
         etcd_packages,
         "",
         root / f"etcd-{etcd_version}-{recipe_fingerprint(etcd_dir, etcd_packages, '', go_env)}",
     )
-    return kube, etcd, k8s_version, etcd_version
+    return kube, node, etcd, k8s_version, etcd_version
 
 
 def _say(message: str) -> None:
@@ -184,9 +204,18 @@ def _go_build(target: _Target, package: str, output: Path, label: str, started: 
 
 def ensure_binaries() -> Binaries:
     """Build whatever is missing for the pinned versions, and return where the binaries are."""
-    kube, etcd, k8s_version, etcd_version = _targets(GOMOD_DIR, cache_root() / "controlplane", go_environment())
+    kube, _node, etcd, k8s_version, etcd_version = _targets(GOMOD_DIR, cache_root() / "controlplane", go_environment())
     _build(etcd, f"etcd {etcd_version}")
     _build(kube, f"kube-apiserver and kube-controller-manager {k8s_version}")
     apiserver, controller_manager = kube.binaries()
     (etcd_binary,) = etcd.binaries()
     return Binaries(etcd_binary, apiserver, controller_manager, k8s_version, etcd_version)
+
+
+def ensure_node_binaries() -> NodeBinaries:
+    """Build the node's binaries if missing (kubelet, kube-scheduler, kube-proxy), at the same
+    Kubernetes pin as the control plane."""
+    _kube, node, _etcd, k8s_version, _ = _targets(GOMOD_DIR, cache_root() / "controlplane", go_environment())
+    _build(node, f"kubelet, kube-scheduler and kube-proxy {k8s_version}")
+    kubelet, scheduler, proxy = node.binaries()
+    return NodeBinaries(kubelet, scheduler, proxy)

@@ -1,5 +1,6 @@
 """A real control plane on loopback: etcd, kube-apiserver (TLS, RBAC, service-account issuer) and
-kube-controller-manager (garbage collection, namespace deletion, default service accounts).
+kube-controller-manager (garbage collection, namespace deletion, default service accounts); with
+`node=True` also a real node (devcluster/node.py) and the controllers that pods need.
 
 One class serves the `dev-cluster` command and the tests' pytest fixture. Everything it starts is
 recorded in `<dir>/state.json` so that `down` can stop every process, from any shell.
@@ -24,7 +25,8 @@ from pathlib import Path
 
 import yaml
 
-from .build import Binaries, ensure_binaries
+from .build import Binaries, ensure_binaries, ensure_node_binaries
+from .node import NODE_ADDRESS, NODE_NAME, DevNode, NodeState
 from .pki import DevPKI
 
 STATE_FILE = "state.json"
@@ -34,6 +36,14 @@ CONTROLLER_MANAGER_USER = "system:kube-controller-manager"
 # service accounts. system:masters keeps the harness small without changing what GC does.
 CONTROLLER_MANAGER_GROUPS = ("system:masters",)
 CONTROLLERS = "garbagecollector,namespace,serviceaccount"
+# What Deployments, Services and pods' tokens need once there is a node: ReplicaSets and pods,
+# EndpointSlices for kube-proxy, the kube-root-ca.crt ConfigMap every projected token volume
+# mounts, and the node lifecycle controller that lifts the not-ready taint.
+NODE_CONTROLLERS = (
+    "deployment-controller,replicaset-controller,endpoints-controller,endpointslice-controller,"
+    "root-ca-certificate-publisher-controller,node-lifecycle-controller,pod-garbage-collector-controller,"
+    "disruption-controller,clusterrole-aggregation-controller"
+)
 START_ATTEMPTS = 3
 ETCD_TIMEOUT = 30.0
 
@@ -70,10 +80,17 @@ class ClusterState:
     etcd_version: str
     binaries: list[str]
     started_at: float
+    # The API server's one address: loopback, or the node's address on the pods' bridge (which
+    # the machine itself reaches too) when there is a node.
+    address: str = "127.0.0.1"
+    node: dict | None = None
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://{self.address}:{self.apiserver_port}"
+
+    def node_state(self) -> NodeState | None:
+        return NodeState(**self.node) if self.node is not None else None
 
     def pids(self) -> dict[str, int]:
         return {
@@ -108,6 +125,7 @@ class DevCluster:
         self.pki = DevPKI(self.dir / "pki")
         self.kubeconfig = self.dir / "kubeconfig"
         self.logs = self.dir / "logs"
+        self.node = DevNode(self.dir, self.logs)
 
     # -- state ------------------------------------------------------------------------------
     def state(self) -> ClusterState | None:
@@ -121,36 +139,61 @@ class DevCluster:
         state = state or self.state()
         if state is None:
             return {}
-        return {
+        running = {
             name: _process_is(pid, binary)
             for (name, pid), binary in zip(state.pids().items(), state.binaries)
         }
+        node = state.node_state()
+        if node is not None:
+            for name, pid in node.pids().items():
+                running[name] = bool(pid) and _process_is(pid, (node.binaries or {}).get(name, ""))
+        return running
 
     # -- lifecycle --------------------------------------------------------------------------
-    def up(self, timeout: float = 120.0) -> ClusterState:
+    def up(self, timeout: float = 120.0, node: bool = False) -> ClusterState:
+        """Start the control plane (and with `node`, a node), or return the running one when it
+        already has what is asked for."""
         running = self.running()
-        if running and all(running.values()) and self.ready():
-            state = self.state()
-            assert state is not None
-            _say(f"already running at {state.server}")
-            return state
-        if running:
+        current = self.state()
+        has_node = current is not None and current.node is not None
+        if running and all(running.values()) and has_node == node and self.ready():
+            assert current is not None
+            _say(f"already running at {current.server}" + (f" with node {NODE_NAME}" if node else ""))
+            return current
+        if running or self.node.dir.exists():
             self.down()
         binaries = ensure_binaries()
+        node_parts = self._node_parts() if node else None
         self.pki.ensure()
         self.logs.mkdir(parents=True, exist_ok=True)
         for attempt in range(1, START_ATTEMPTS + 1):
             try:
-                return self._start(binaries, timeout)
+                return self._start(binaries, timeout, node_parts)
             except StartupError as error:
                 if attempt == START_ATTEMPTS:
                     raise
                 _say(f"start-up failed ({error}); retrying with fresh ports and data ({attempt}/{START_ATTEMPTS})")
         raise AssertionError("unreachable")
 
-    def _start(self, binaries: Binaries, timeout: float) -> ClusterState:
+    @staticmethod
+    def _node_parts():
+        """The node's binaries and sandbox image, built (or found in the cache) before anything
+        starts, so a build failure stops `up` before it changes the machine."""
+        from .image import ensure_pause
+        from .node import NodeError, missing_node_packages
+
+        missing = missing_node_packages()
+        if missing:
+            raise NodeError(f"the node needs Debian packages {', '.join(missing)}: `make node-packages` (scripts/apt-install.sh) installs them")
+        return ensure_node_binaries(), ensure_pause()
+
+    def _start(self, binaries: Binaries, timeout: float, node_parts=None) -> ClusterState:
         shutil.rmtree(self.dir / "etcd", ignore_errors=True)  # throwaway data; a failed try leaves none behind
         etcd_port, peer_port, apiserver_port = _distinct_free_ports(3)
+        address = "127.0.0.1"
+        if node_parts is not None:
+            self.node.create_bridge()  # before the API server binds to the node's address
+            address = NODE_ADDRESS
         started = time.time()
         state = ClusterState(
             etcd_pid=self._start_etcd(binaries, etcd_port, peer_port),
@@ -162,18 +205,23 @@ class DevCluster:
             etcd_version=binaries.etcd_version,
             binaries=[str(binaries.kube_controller_manager), str(binaries.kube_apiserver), str(binaries.etcd)],
             started_at=started,
+            address=address,
         )
         self._save(state)
         try:
             # etcd first, on its own: an API server without etcd only fails 20 s later, and
             # says less about why than etcd's own log does.
             self._wait_until_healthy(state, f"http://127.0.0.1:{etcd_port}/health", "etcd", ETCD_TIMEOUT)
-            state.apiserver_pid = self._start_apiserver(binaries, etcd_port, apiserver_port)
+            state.apiserver_pid = self._start_apiserver(binaries, etcd_port, apiserver_port, address, with_node=node_parts is not None)
             self._save(state)
             self._wait_ready(state, timeout)
             self._write_kubeconfig(self.kubeconfig, state.server, ADMIN_USER, ("system:masters",), "admin")
-            state.controller_manager_pid = self._start_controller_manager(binaries, state)
+            state.controller_manager_pid = self._start_controller_manager(binaries, state, with_node=node_parts is not None)
             self._save(state)
+            if node_parts is not None:
+                node_binaries, sandbox = node_parts
+                _say(f"starting node {NODE_NAME}: containerd, kubelet, kube-scheduler, kube-proxy")
+                self.node.start(node_binaries, self, state.server, sandbox)
         except BaseException:
             self._save(state)  # what was started, even if the state file went missing meanwhile
             self.down()
@@ -196,9 +244,12 @@ class DevCluster:
         raise StartupError(f"{name} not healthy after {timeout:.0f}s:\n{self._log_tail(name)}")
 
     def down(self) -> list[str]:
-        """Stop every process this directory started; return the names of those that ran."""
+        """Stop every process this directory started, and remove what its node left on the
+        machine; return the names of the processes that ran."""
         state = self.state()
         stopped: list[str] = []
+        if state is not None and state.node is not None or self.node.dir.exists():
+            stopped += self.node.teardown(state.node_state() if state else None)
         if state is None:
             return stopped
         for (name, pid), binary in zip(state.pids().items(), state.binaries):
@@ -221,6 +272,12 @@ class DevCluster:
             os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
             pass
+
+    def _save_node(self, node: NodeState) -> None:
+        state = self.state()
+        assert state is not None, "the node starts after the control plane"
+        state.node = asdict(node)
+        self._save(state)
 
     def _save(self, state: ClusterState) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -249,13 +306,24 @@ class DevCluster:
             "--log-level=info",  # to its log file only; start-up failures need the detail
         ])
 
-    def _start_apiserver(self, binaries: Binaries, etcd_port: int, port: int) -> int:
+    def _start_apiserver(self, binaries: Binaries, etcd_port: int, port: int, address: str, *, with_node: bool) -> int:
         pki = self.pki
+        node_flags = []
+        if with_node:
+            # kubectl logs/exec: the API server calls the kubelet at the node's InternalIP, checks
+            # its serving certificate against the dev CA and shows a client certificate of its own.
+            kubelet_client = pki.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",))
+            node_flags = [
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-certificate-authority={pki.ca_cert}",
+                f"--kubelet-client-certificate={kubelet_client.cert_path}",
+                f"--kubelet-client-key={kubelet_client.key_path}",
+            ]
         return self._spawn("kube-apiserver", [
             str(binaries.kube_apiserver),
             f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={address}",
+            f"--advertise-address={address}",
             f"--secure-port={port}",
             f"--cert-dir={pki.dir}",
             f"--tls-cert-file={pki.dir / 'apiserver.crt'}",
@@ -269,15 +337,17 @@ class DevCluster:
             f"--service-account-signing-key-file={pki.sa_key}",
             "--profiling=false",
             "--v=1",
+            *node_flags,
         ])
 
-    def _start_controller_manager(self, binaries: Binaries, state: ClusterState) -> int:
+    def _start_controller_manager(self, binaries: Binaries, state: ClusterState, *, with_node: bool) -> int:
         kubeconfig = self.dir / "kube-controller-manager.kubeconfig"
         self._write_kubeconfig(kubeconfig, state.server, CONTROLLER_MANAGER_USER, CONTROLLER_MANAGER_GROUPS, "kube-controller-manager")
         return self._spawn("kube-controller-manager", [
             str(binaries.kube_controller_manager),
             f"--kubeconfig={kubeconfig}",
-            f"--controllers={CONTROLLERS}",
+            f"--controllers={CONTROLLERS + (',' + NODE_CONTROLLERS if with_node else '')}",
+            *([f"--root-ca-file={self.pki.ca_cert}"] if with_node else []),
             "--leader-elect=false",
             "--secure-port=0",
             "--use-service-account-credentials=false",
@@ -314,6 +384,19 @@ class DevCluster:
             time.sleep(0.25)
         raise StartupError(f"kube-apiserver not ready after {timeout:.0f}s:\n{self._log_tail('kube-apiserver')}")
 
+    def get_json(self, path: str) -> dict | None:
+        """GET an API path as the admin; None when it does not exist (404)."""
+        state = self.state()
+        if state is None:
+            return None
+        try:
+            with urllib.request.urlopen(f"{state.server}{path}", context=self._ssl_context("admin"), timeout=5) as reply:
+                return json.loads(reply.read())
+        except urllib.error.HTTPError as error:
+            if error.code == 404:
+                return None
+            raise
+
     def _log_tail(self, name: str, lines: int = 25) -> str:
         path = self.logs / f"{name}.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
@@ -345,3 +428,18 @@ class DevCluster:
             raise RuntimeError("the dev cluster is not running")
         stem = "user-" + "".join(c if c.isalnum() else "_" for c in "-".join((user, *groups)))
         return self._write_kubeconfig(self.dir / f"{stem}.kubeconfig", state.server, user, groups, stem)
+
+    def describe_node(self) -> str:
+        """The node's readiness and its pods, for `dev-cluster status`."""
+        node = self.get_json(f"/api/v1/nodes/{NODE_NAME}")
+        if node is None:
+            return f"{'node ' + NODE_NAME:<24} not registered"
+        ready = {c["type"]: c["status"] for c in node["status"].get("conditions", [])}.get("Ready", "Unknown")
+        lines = [f"{'node ' + NODE_NAME:<24} Ready={ready} ({NODE_ADDRESS})"]
+        pods = (self.get_json("/api/v1/pods") or {}).get("items", [])
+        for pod in sorted(pods, key=lambda p: (p["metadata"]["namespace"], p["metadata"]["name"])):
+            statuses = pod["status"].get("containerStatuses", [])
+            ready_count = sum(1 for s in statuses if s.get("ready"))
+            name = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+            lines.append(f"  {name:<50} {pod['status'].get('phase', '?'):<10} {ready_count}/{len(statuses)} ready  {pod['status'].get('podIP', '')}")
+        return "\n".join(lines)

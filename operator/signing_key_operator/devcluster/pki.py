@@ -60,7 +60,13 @@ class DevPKI:
                     serialization.PublicFormat.SubjectPublicKeyInfo,
                 )
             )
-        self.issue("apiserver", "kube-apiserver", server=True)
+        # The node's address too: pods reach the API server there, through the `kubernetes`
+        # Service (devcluster/node.py). Harmless without a node.
+        from .node import NODE_ADDRESS
+
+        self.issue("apiserver", "kube-apiserver", server=True, ips=("127.0.0.1", "10.0.0.1", NODE_ADDRESS),
+                   dns_names=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                              "kubernetes.default.svc.cluster.local"))
 
     def _make_ca(self) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
@@ -88,6 +94,20 @@ class DevPKI:
         _write_private(self.ca_key, _pem_key(key))
         self.ca_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
+    @staticmethod
+    def _names_cover(cert_path: Path, ips: tuple[str, ...], dns_names: tuple[str, ...]) -> bool:
+        """Whether a certificate issued earlier names every address asked for now (a folder
+        made before the node existed lacks the node's address)."""
+        if not (ips or dns_names):
+            return True
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        try:
+            names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            return False
+        have_ips = {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
+        return set(ips) <= have_ips and set(dns_names) <= set(names.get_values_for_type(x509.DNSName))
+
     def issue(
         self,
         file_stem: str,
@@ -95,12 +115,14 @@ class DevPKI:
         groups: tuple[str, ...] = (),
         *,
         server: bool = False,
+        ips: tuple[str, ...] = (),
+        dns_names: tuple[str, ...] = (),
     ) -> IssuedCert:
         """A certificate signed by the dev CA. Client certificates carry the user in CN and the
         groups in O, which is how kube-apiserver's x509 authenticator reads them."""
         cert_path = self.dir / f"{file_stem}.crt"
         key_path = self.dir / f"{file_stem}.key"
-        if cert_path.exists() and key_path.exists():
+        if cert_path.exists() and key_path.exists() and self._names_cover(cert_path, ips, dns_names):
             return IssuedCert(cert_path, key_path)
         ca_key = serialization.load_pem_private_key(self.ca_key.read_bytes(), password=None)
         ca_cert = x509.load_pem_x509_certificate(self.ca_cert.read_bytes())
@@ -121,12 +143,8 @@ class DevPKI:
         if server:
             builder = builder.add_extension(
                 x509.SubjectAlternativeName(
-                    [
-                        x509.DNSName("localhost"),
-                        x509.DNSName("kubernetes.default.svc"),
-                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                        x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
-                    ]
+                    [x509.DNSName(name) for name in dns_names]
+                    + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
                 ),
                 critical=False,
             ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
