@@ -1,4 +1,4 @@
-"""The `signing-key-operator` command: run | serve | revoke-token | dev-cluster up|down|status|build | demo."""
+"""The `signing-key-operator` command: run | serve | revoke-token | dev-cluster up|down|status|build|image | demo."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ def _dev_cluster(args: argparse.Namespace) -> int:
     from .devcluster.cluster import DevCluster
     from .devcluster.tools import ensure_tools
 
+    if args.load_into and args.action != "image":
+        print("signing-key-operator dev-cluster: --load-into goes with `image`", file=sys.stderr)
+        return 2
+    if args.action == "image":
+        return _dev_cluster_image(args)
     cluster = DevCluster(Path(args.dir))
     if args.action == "build":
         from .devcluster.build import ensure_binaries
@@ -45,6 +50,24 @@ def _dev_cluster(args: argparse.Namespace) -> int:
     print(f"{'kube-apiserver /readyz':<24} {'ok' if ready else 'not ready'} ({state.server}, {state.kubernetes_version})")
     print(f"{'kubeconfig':<24} {cluster.kubeconfig}")
     return 0 if ready and all(running.values()) else 1
+
+
+def _dev_cluster_image(args: argparse.Namespace) -> int:
+    from .devcluster.image import ensure_images, load_image
+
+    try:
+        images = ensure_images()
+        if args.load_into:
+            for ref, archive in ((images.pause_ref, images.pause_archive), (images.app_ref, images.app_archive)):
+                load_image(archive, ref, args.load_into)
+                print(f"[image] loaded {ref} into {args.load_into}", file=sys.stderr)
+    except RuntimeError as error:
+        print(f"signing-key-operator dev-cluster image: {error}", file=sys.stderr)
+        return 1
+    print(f"pause image: {images.pause_ref} ({images.pause_archive})")
+    print(f"app image: {images.app_archive}")
+    print(images.app_ref)
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -112,8 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=lambda args: __import__("signing_key_operator.demo", fromlist=["run_demo"]).run_demo(Path(args.dir)))
 
     dev = commands.add_parser("dev-cluster", help="a local kube-apiserver + etcd + kube-controller-manager on loopback")
-    dev.add_argument("action", choices=["up", "down", "status", "build"],
-                     help="build only builds the binaries and unpacks kubectl/helm (cached)")
+    dev.add_argument("action", choices=["up", "down", "status", "build", "image"],
+                     help="build only builds the binaries and unpacks kubectl/helm (cached); image builds the "
+                          "Dockerfile's image and the pause image (cached) and prints the image's reference last")
+    dev.add_argument("--load-into", metavar="SOCKET",
+                     help="image: also import both images into the containerd at this socket (namespace k8s.io)")
     dev.add_argument("--dir", default=".devcluster", help="state, logs and kubeconfig (default: .devcluster)")
     dev.set_defaults(handler=_dev_cluster)
     return parser
