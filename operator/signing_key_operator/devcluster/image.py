@@ -123,8 +123,31 @@ def _cached(entry: Path) -> BuiltImage | None:
     meta = entry / "image.json"
     if not meta.is_file():
         return None
+    os.utime(entry)  # used now: _prune keeps the entries used last
     recorded = json.loads(meta.read_text())
     return BuiltImage(recorded["ref"], entry / "image.tar", recorded["digest"])
+
+
+# Entries of one kind kept besides the one just built: every change to the operator's code makes a
+# new app image (90 MiB), and switching between a few checkouts should not rebuild each time.
+KEPT_PER_KIND = 3
+
+
+def _prune(entry: Path) -> None:
+    """Remove the entries of `entry`'s kind beyond the KEPT_PER_KIND used last, each under its lock
+    (one another process is building is left alone)."""
+    kind = entry.name.rsplit("-", 1)[0]
+    others = [p for p in entry.parent.glob(f"{kind}-*") if p.is_dir() and p.suffix != ".partial" and p != entry]
+    for old in sorted(others, key=lambda p: p.stat().st_mtime, reverse=True)[KEPT_PER_KIND - 1:]:
+        lock_path = old.with_name(old.name + ".lock")
+        with open(lock_path, "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            shutil.rmtree(old)
+            lock_path.unlink()
+        _say(f"removed the older {kind} image {old.name}")
 
 
 def _ensure_entry(entry: Path, label: str, build) -> BuiltImage:
@@ -154,6 +177,7 @@ def _ensure_entry(entry: Path, label: str, build) -> BuiltImage:
             raise
         shutil.rmtree(entry, ignore_errors=True)
         staging.rename(entry)
+    _prune(entry)
     size = (entry / "image.tar").stat().st_size
     _say(f"{label}: built {ref} in {time.monotonic() - started:.0f}s ({size / 2**20:.0f} MiB archive)")
     return BuiltImage(ref, entry / "image.tar", digest)
@@ -246,6 +270,10 @@ def _one_line_stanzas(text: str) -> list[dict[str, str]]:
     return stanzas
 
 
+# deb822 field names are case-insensitive; these are written as apt's manual spells them.
+_DEB822_NAMES = {"uris": "URIs", "signed-by": "Signed-By"}
+
+
 def debian_sources(suite: str = BASE_SUITE, apt_dir: Path = Path("/etc/apt")) -> str:
     """The host's apt sources for `suite` and its -updates/-security/... suites, as deb822 text.
 
@@ -265,7 +293,7 @@ def debian_sources(suite: str = BASE_SUITE, apt_dir: Path = Path("/etc/apt")) ->
     if not kept:
         raise RuntimeError(f"the host's apt sources ({', '.join(map(str, files)) or 'none'}) name no {suite} suite")
     return "\n".join(
-        "".join(f"{key.title()}: {value}\n" for key, value in stanza.items()) for stanza in kept
+        "".join(f"{_DEB822_NAMES.get(key, key.title())}: {value}\n" for key, value in stanza.items()) for stanza in kept
     )
 
 
