@@ -5,6 +5,10 @@
 #
 #     docker build -t signing-key-operator:0.1.0 .
 #
+# BASE_IMAGE is any Debian bookworm image with Python >= 3.11, `python -m venv` and
+# groupadd/useradd; the default is the one users pull. `signing-key-operator dev-cluster image`,
+# which reaches no container registry, passes a base it made from Debian's packages instead.
+#
 # It runs as an unprivileged user (UID/GID 65532, matching the chart's securityContext) and
 # writes nothing at run time: no bytecode caches (compiled at build time,
 # PYTHONDONTWRITEBYTECODE), no home directory, logs on stdout. So it works with
@@ -12,9 +16,9 @@
 # wants a temporary file. Only what the package needs is copied: tests, charts and the dev
 # cluster's caches stay out of the image.
 
-ARG PYTHON_VERSION=3.12
+ARG BASE_IMAGE=python:3.12-slim-bookworm
 
-FROM python:${PYTHON_VERSION}-slim-bookworm AS build
+FROM ${BASE_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
@@ -24,7 +28,7 @@ COPY operator ./operator
 RUN /opt/venv/bin/pip install . \
  && /opt/venv/bin/python -m compileall -q /opt/venv
 
-FROM python:${PYTHON_VERSION}-slim-bookworm
+FROM ${BASE_IMAGE}
 RUN groupadd --gid 65532 nonroot \
  && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin nonroot

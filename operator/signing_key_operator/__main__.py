@@ -1,4 +1,4 @@
-"""The `signing-key-operator` command: run | serve | revoke-token | dev-cluster up|down|status|build | demo."""
+"""The `signing-key-operator` command: run | serve | revoke-token | dev-cluster up|down|status|build|image | demo."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ def _dev_cluster(args: argparse.Namespace) -> int:
     from .devcluster.tools import ensure_tools
 
     cluster = DevCluster(Path(args.dir))
+    if args.action == "image":
+        return _dev_cluster_image(cluster)
     if args.action == "build":
         from .devcluster.build import ensure_binaries, ensure_node_binaries
 
@@ -54,6 +56,27 @@ def _dev_cluster(args: argparse.Namespace) -> int:
     if state.node is not None and ready:
         print(cluster.describe_node())
     return 0 if ready and all(running.values()) else 1
+
+
+def _dev_cluster_image(cluster) -> int:
+    from .devcluster.image import ensure_images
+
+    state = cluster.state()
+    node_running = state is not None and state.node is not None and cluster.running().get("containerd", False)
+    try:
+        images = ensure_images()
+        if node_running:
+            cluster.node.import_image(images.app_archive, images.app_ref)
+            print(f"[image] loaded {images.app_ref} into the node's containerd ({cluster.node.socket})", file=sys.stderr)
+        else:
+            print(f"[image] no node runs in {cluster.dir} (`dev-cluster up --node`): built, not loaded", file=sys.stderr)
+    except RuntimeError as error:
+        print(f"signing-key-operator dev-cluster image: {error}", file=sys.stderr)
+        return 1
+    print(f"pause image: {images.pause_ref} ({images.pause_archive})")
+    print(f"app image: {images.app_archive}")
+    print(images.app_ref)
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -124,8 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=lambda args: __import__("signing_key_operator.demo", fromlist=["run_demo"]).run_demo(Path(args.dir)))
 
     dev = commands.add_parser("dev-cluster", help="a local kube-apiserver + etcd + kube-controller-manager on loopback, optionally with a node")
-    dev.add_argument("action", choices=["up", "down", "status", "build"],
-                     help="build only builds the binaries and unpacks kubectl/helm (cached)")
+    dev.add_argument("action", choices=["up", "down", "status", "build", "image"],
+                     help="build only builds the binaries and unpacks kubectl/helm (cached); image builds the "
+                          "Dockerfile's image and the pause image (cached), loads them into the running node "
+                          "of --dir, and prints the image's reference last")
     dev.add_argument("--node", action="store_true",
                      help="up/build: also a node (containerd, kubelet, kube-scheduler, kube-proxy; pods on a local bridge)")
     dev.add_argument("--dir", default=".devcluster", help="state, logs and kubeconfig (default: .devcluster)")
