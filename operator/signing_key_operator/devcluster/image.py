@@ -100,13 +100,17 @@ def _run(command: Sequence[str], what: str, **kwargs) -> str:
     return result.stdout
 
 
+# The Debian packages of the tools below (buildah runs rootless only with uidmap's newuidmap).
+_PACKAGES = {"mmdebstrap": "mmdebstrap", "buildah": "buildah uidmap", "gcc": "gcc libc6-dev", "ctr": "containerd"}
+
+
 def _require(*tools: str) -> None:
     missing = [tool for tool in tools if shutil.which(tool) is None]
+    if "go" in missing:
+        raise RuntimeError("Go is needed to fetch the pause image's source (https://go.dev); none on PATH")
     if missing:
-        raise RuntimeError(
-            f"{', '.join(missing)} not found: install them with "
-            "`sh scripts/apt-install.sh mmdebstrap buildah uidmap gcc libc6-dev`"
-        )
+        packages = " ".join(_PACKAGES[tool] for tool in missing)
+        raise RuntimeError(f"{', '.join(missing)} not found: install with `sh scripts/apt-install.sh {packages}`")
 
 
 def _digest(*parts: bytes) -> str:
