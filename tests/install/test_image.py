@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -136,12 +138,14 @@ def test_the_base_uses_the_hosts_debian_sources_of_its_suite_only(tmp_path):
 def test_a_new_entry_keeps_the_entries_of_its_kind_used_last_and_removes_the_rest(tmp_path):
     folder = image.images_dir(tmp_path)
     folder.mkdir(parents=True)
-    for age, name in enumerate(["app-old3", "app-old2", "app-old1", "base-keep"]):
+    for age, name in enumerate(["app-old4", "app-old3", "app-old2", "app-old1", "base-keep"]):
         (folder / name).mkdir()
         (folder / name / "image.json").write_text('{"ref": "x", "digest": "y"}')
         (folder / f"{name}.lock").touch()
         os.utime(folder / name, (1000 + age, 1000 + age))
     image._cached(folder / "app-old3")  # used now: newest
+    lately = time.time() - image.KEPT_IF_USED_WITHIN / 2
+    os.utime(folder / "app-old4", (lately, lately))  # used lately: maybe loading into a node now
 
     def build(staging: Path) -> tuple[str, str]:
         (staging / "image.tar").write_bytes(b"archive")
@@ -151,5 +155,54 @@ def test_a_new_entry_keeps_the_entries_of_its_kind_used_last_and_removes_the_res
 
     assert built.archive.read_bytes() == b"archive"
     left = sorted(path.name for path in folder.iterdir())
-    assert left == ["app-new", "app-new.lock", "app-old1", "app-old1.lock", "app-old3", "app-old3.lock",
+    assert left == ["app-new", "app-new.lock", "app-old3", "app-old3.lock", "app-old4", "app-old4.lock",
                     "base-keep", "base-keep.lock"]
+
+
+@pytest.fixture
+def containerd(tmp_path):
+    """A containerd of the test's own: root, state, socket and plugin folders under tmp_path, the
+    CRI's options as the dev-cluster node sets them; stopped and its mounts released after."""
+    folder = tmp_path / "ctd"
+    folder.mkdir()
+    socket = folder / "containerd.sock"
+    config = folder / "config.toml"
+    config.write_text(
+        "version = 2\n"
+        f'root = "{folder}/root"\nstate = "{folder}/state"\n'
+        f'[grpc]\n  address = "{socket}"\n'
+        f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{folder}/opt"\n'
+        '[plugins."io.containerd.grpc.v1.cri"]\n  restrict_oom_score_adj = true\n'
+    )
+    log = open(folder / "containerd.log", "w")
+    process = subprocess.Popen(["containerd", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run(["ctr", "--address", str(socket), "version"], capture_output=True).returncode != 0:
+            assert process.poll() is None, (folder / "containerd.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "containerd did not serve within 30 s"
+            time.sleep(0.2)
+        yield socket
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+        for mount in sorted((m for m in mounts if m.startswith(str(folder))), reverse=True):
+            subprocess.run(["umount", mount], check=True)
+
+
+def test_load_image_imports_the_pause_image_under_exactly_its_name_and_it_runs(containerd):
+    pause = image.ensure_pause()
+    assert pause.ref.startswith("docker.io/library/"), "the name the kubelet looks up"
+
+    image.load_image(pause.archive, pause.ref, containerd)
+
+    ctr = ["ctr", "--address", str(containerd), "--namespace", "k8s.io"]
+    names = subprocess.run([*ctr, "images", "list", "--quiet"], capture_output=True, text=True, check=True).stdout.split()
+    assert pause.ref in names
+    assert not [name for name in names if name.startswith("import-")], names
+    run = subprocess.run([*ctr, "run", "--rm", "--read-only", pause.ref, "pause-version", "/pause", "-v"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("pause.c v3."), run.stdout

@@ -100,13 +100,17 @@ def _run(command: Sequence[str], what: str, **kwargs) -> str:
     return result.stdout
 
 
+# The Debian packages of the tools below (buildah runs rootless only with uidmap's newuidmap).
+_PACKAGES = {"mmdebstrap": "mmdebstrap", "buildah": "buildah uidmap", "gcc": "gcc libc6-dev", "ctr": "containerd"}
+
+
 def _require(*tools: str) -> None:
     missing = [tool for tool in tools if shutil.which(tool) is None]
+    if "go" in missing:
+        raise RuntimeError("Go is needed to fetch the pause image's source (https://go.dev); none on PATH")
     if missing:
-        raise RuntimeError(
-            f"{', '.join(missing)} not found: install them with "
-            "`sh scripts/apt-install.sh mmdebstrap buildah uidmap gcc libc6-dev`"
-        )
+        packages = " ".join(_PACKAGES[tool] for tool in missing)
+        raise RuntimeError(f"{', '.join(missing)} not found: install with `sh scripts/apt-install.sh {packages}`")
 
 
 def _digest(*parts: bytes) -> str:
@@ -129,16 +133,20 @@ def _cached(entry: Path) -> BuiltImage | None:
 
 
 # Entries of one kind kept besides the one just built: every change to the operator's code makes a
-# new app image (90 MiB), and switching between a few checkouts should not rebuild each time.
+# new app image (90 MiB), and switching between a few checkouts should not rebuild each time. One
+# used within KEPT_IF_USED_WITHIN seconds is kept too: another run may be loading it into a node.
 KEPT_PER_KIND = 3
+KEPT_IF_USED_WITHIN = 3600
 
 
 def _prune(entry: Path) -> None:
-    """Remove the entries of `entry`'s kind beyond the KEPT_PER_KIND used last, each under its lock
-    (one another process is building is left alone)."""
+    """Remove the entries of `entry`'s kind beyond the KEPT_PER_KIND used last and not used lately,
+    each under its lock (one another process is building is left alone)."""
     kind = entry.name.rsplit("-", 1)[0]
     others = [p for p in entry.parent.glob(f"{kind}-*") if p.is_dir() and p.suffix != ".partial" and p != entry]
     for old in sorted(others, key=lambda p: p.stat().st_mtime, reverse=True)[KEPT_PER_KIND - 1:]:
+        if time.time() - old.stat().st_mtime < KEPT_IF_USED_WITHIN:
+            continue
         lock_path = old.with_name(old.name + ".lock")
         with open(lock_path, "w") as lock:
             try:
@@ -529,19 +537,16 @@ def load_image(archive: Path, ref: str, containerd_socket: Path | str, snapshott
     """Import an archive into a containerd's k8s.io namespace (the CRI's) under exactly `ref`.
 
     `ref` must be the normalised name (docker.io/library/x:tag): that is the name the kubelet
-    asks for. The archive names its image `ref`; `--base-name` keeps ctr from registering it as
-    `import-<date>:...` too (the CRI then used that name for a sandbox image and failed), and any
-    such name left over is removed."""
+    asks for. The archive names its image with that whole name, which ctr keeps as it is; only a
+    short name (umoci's `latest`) becomes `import-<date>:latest`, the name the CRI then failed to
+    find. No `--index-name`: it would give the archive's index the same name as the image.
+    `--base-name` imports only images of `ref`'s repository, and the name is checked after."""
     _require("ctr")
-    repository = ref.rsplit(":", 1)[0]
     ctr = ["ctr", "--address", str(containerd_socket), "--namespace", "k8s.io"]
-    command = [*ctr, "images", "import", "--base-name", repository]
+    command = [*ctr, "images", "import", "--base-name", ref.rsplit(":", 1)[0]]
     if snapshotter:
         command += ["--snapshotter", snapshotter]
     _run([*command, str(archive)], f"importing {ref} into containerd")
     names = _run([*ctr, "images", "list", "--quiet"], "ctr images list").split()
     if ref not in names:
         raise RuntimeError(f"ctr imported {archive} but containerd has no image {ref} (it has {', '.join(names)})")
-    extra = [name for name in names if name.startswith("import-")]
-    if extra:
-        _run([*ctr, "images", "remove", *extra], "removing the import-<date> names")
