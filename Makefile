@@ -4,7 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup controlplane conformance-verifiers redis demo test unit down
+# The node's Debian packages: the container runtime and CNI plugins, iptables for kube-proxy, and
+# what builds the images (mmdebstrap for the base's root file system, buildah for the
+# Dockerfile, gcc and libc6-dev for the static pause binary).
+NODE_PACKAGES := containerd runc containernetworking-plugins iptables mmdebstrap buildah gcc libc6-dev
+NODE_COMMANDS := containerd ctr runc iptables mmdebstrap buildah gcc
+
+.PHONY: setup controlplane node-packages node conformance-verifiers redis demo test unit down
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -18,6 +24,17 @@ controlplane: setup
 	@echo "==> building (or reusing) kube-apiserver, kube-controller-manager and etcd; unpacking kubectl and helm"
 	$(BIN)/signing-key-operator dev-cluster build
 
+node-packages:
+	@missing=""; for command in $(NODE_COMMANDS); do command -v $$command >/dev/null 2>&1 || missing="$$missing $$command"; done; \
+	[ -e /usr/lib/cni/bridge ] || missing="$$missing cni-plugins"; \
+	if [ -n "$$missing" ]; then echo "==> installing the node's Debian packages (missing:$$missing)"; sh scripts/apt-install.sh $(NODE_PACKAGES); fi
+
+node: controlplane node-packages
+	@echo "==> building (or reusing) kubelet, kube-scheduler and kube-proxy"
+	$(BIN)/signing-key-operator dev-cluster build --node
+	@echo "==> building (or reusing) the image from the Dockerfile, its Debian base and the pause image"
+	$(BIN)/signing-key-operator dev-cluster image
+
 conformance-verifiers: setup
 	@echo "==> building (or reusing) the conformance verifiers: PyJWT, Node jose, Nimbus/Spring, Go keyfunc"
 	PYTHON=$(BIN)/python tests/conformance/setup.sh
@@ -28,12 +45,12 @@ redis:
 demo: controlplane
 	$(BIN)/signing-key-operator demo
 
-test: controlplane conformance-verifiers redis
-	@echo "==> running the whole test suite (unit, integration on a real control plane)"
+test: controlplane node conformance-verifiers redis
+	@echo "==> running the whole test suite (unit, integration on a real control plane, the chart on a real node)"
 	$(BIN)/pytest -ra
 
 unit: setup
-	$(BIN)/pytest -m "not controlplane" -q
+	$(BIN)/pytest -m "not controlplane and not node" -q
 
 down:
 	$(BIN)/signing-key-operator dev-cluster down

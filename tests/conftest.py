@@ -1,7 +1,8 @@
 """Shared fixtures: one real control plane per test run, a fresh namespace per test.
 
-Tests under tests/integration and tests/conformance get the `controlplane` marker, so
-`pytest -m "not controlplane"` runs only what needs no API server.
+Tests under tests/integration, tests/conformance and tests/node get the `controlplane` marker, so
+`pytest -m "not controlplane"` runs only what needs no API server; tests/node also gets `node`
+(a kubelet, containerd and pods: tests/node/conftest.py).
 """
 
 from __future__ import annotations
@@ -12,13 +13,17 @@ from pathlib import Path
 
 import pytest
 
-NEEDS_CONTROL_PLANE = ("integration", "conformance")
+NEEDS_CONTROL_PLANE = ("integration", "conformance", "node")
+NEEDS_NODE = ("node",)
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if any(part in NEEDS_CONTROL_PLANE for part in Path(str(item.fspath)).parts):
+        parts = Path(str(item.fspath)).parts
+        if any(part in NEEDS_CONTROL_PLANE for part in parts):
             item.add_marker(pytest.mark.controlplane)
+        if any(part in NEEDS_NODE for part in parts):
+            item.add_marker(pytest.mark.node)
 
 
 @pytest.fixture(scope="session")

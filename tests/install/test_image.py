@@ -18,6 +18,9 @@ import pytest
 
 from signing_key_operator.devcluster import image
 
+# Most of these run the node's tools (buildah, mmdebstrap, containerd; `make node` installs them).
+pytestmark = pytest.mark.node
+
 REPO = Path(__file__).resolve().parents[2]
 
 

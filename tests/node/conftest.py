@@ -1,0 +1,46 @@
+"""One dev cluster with a real node per test run (devcluster/node.py), the image built from the
+repository's Dockerfile loaded into its containerd, and the chart installed with helm as users
+install it.
+
+These tests never skip: a machine where the node cannot start fails them with the reason (a
+missing Debian package, a kubelet that exits), because a chart that was never run in pods is
+exactly what they exist to catch.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .chart_release import Kube
+
+
+@pytest.fixture(scope="session")
+def node_cluster(tmp_path_factory):
+    from signing_key_operator.devcluster.cluster import DevCluster
+    from signing_key_operator.devcluster.tools import ensure_tools
+
+    ensure_tools()
+    cluster = DevCluster(tmp_path_factory.mktemp("nodecluster"))
+    try:
+        cluster.up(node=True)
+    except RuntimeError as error:
+        cluster.down()
+        pytest.fail(f"the dev cluster's node did not start: {error}", pytrace=False)
+    yield cluster
+    cluster.down()
+
+
+@pytest.fixture(scope="session")
+def node_image(node_cluster) -> str:
+    """The app image, built from the Dockerfile (cached by its inputs) and imported into the
+    node's containerd; its reference."""
+    from signing_key_operator.devcluster.image import ensure_images
+
+    images = ensure_images()
+    node_cluster.node.import_image(images.app_archive, images.app_ref)
+    return images.app_ref
+
+
+@pytest.fixture(scope="session")
+def kube(node_cluster) -> Kube:
+    return Kube(node_cluster.kubeconfig)
