@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--health-port", type=int, default=8081, help="liveness /healthz port, 0 to disable")
     run.add_argument("--health-host", default="0.0.0.0")
     run.add_argument("--peering", help="kopf peering name for several replicas (default: standalone)")
-    run.add_argument("--secret-propagation", help="how long a mounted Secret takes to reach signers (default 90s)")
+    run.add_argument("--secret-propagation", help="how long a mounted Secret takes to reach signers (default 2m)")
     run.add_argument("--redis-resync", help="how often Redis-backed policies check Redis still holds their entries (default 15s)")
     run.add_argument("--revocation-document-limit", type=int, help="largest revocation ConfigMap in bytes (default and maximum 1 MiB)")
     run.add_argument("--name-conflict-recheck", help="how often a policy held by a name conflict looks again (default 30s)")

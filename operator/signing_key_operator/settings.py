@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from .core.revocations import MAX_CONFIGMAP_BYTES
+from .core.spec import DEFAULT_SECRET_PROPAGATION
 
 
 @dataclass(frozen=True)
@@ -18,9 +19,9 @@ class OperatorSettings:
     """Namespaces to watch; empty means cluster-wide. A namespaced install (the chart's
     `namespaces` value) needs only Roles in those namespaces."""
 
-    secret_propagation: timedelta = timedelta(seconds=90)
-    """How long a mounted Secret takes to reach signers: the kubelet syncs volumes about once
-    a minute plus its cache TTL. A retired key stays published this much longer (invariant 3)."""
+    secret_propagation: timedelta = DEFAULT_SECRET_PROPAGATION
+    """How long a mounted Secret takes to reach signers (the kubelet's resync: up to 90 s with
+    its defaults; see core/spec.py). A retired key stays published this much longer (invariant 3)."""
 
     conflict_retry: timedelta = timedelta(milliseconds=200)
     """Wait after a write lost a resourceVersion race: another replica (or the user) changed the

@@ -5,6 +5,7 @@ import pytest
 
 from signing_key_operator.core.spec import (
     CLIENT_JWKS_CACHES,
+    DEFAULT_SECRET_PROPAGATION,
     PolicySpec,
     SpecError,
     SpecWarning,
@@ -26,7 +27,7 @@ def test_defaults():
         signing_secret_name="billing-signing",
         jwks_config_map_name="billing-jwks",
         suspend=False,
-        secret_propagation=timedelta(seconds=90),
+        secret_propagation=timedelta(minutes=2),
     )
     assert PolicySpec.from_resource("billing", None) == spec
 
@@ -71,7 +72,7 @@ def test_full_spec_is_parsed_from_camel_case():
 
 def test_retention_is_derived():
     spec = PolicySpec.from_resource("billing", {"tokenLifetime": "2h", "clockSkew": "5m"})
-    assert spec.retention == timedelta(hours=2, minutes=5, seconds=90)
+    assert spec.retention == timedelta(hours=2, minutes=5) + DEFAULT_SECRET_PROPAGATION
 
 
 def test_rsa_key_size_is_accepted_and_ignored_for_other_algorithms():
