@@ -92,7 +92,7 @@ class NodeState:
         }
 
 
-def _run(argv: list[str], *, check: bool = True, quiet: bool = False) -> subprocess.CompletedProcess:
+def _run(argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(argv, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise NodeError(f"`{' '.join(argv)}` failed (exit {result.returncode}): {result.stderr.strip() or result.stdout.strip()}")
@@ -117,7 +117,8 @@ class DevNode:
         a pod sends can leave this machine."""
         if _run(["ip", "link", "show", BRIDGE], check=False).returncode == 0:
             owner = Path(f"/run/{BRIDGE}.owner")
-            if owner.exists() and owner.read_text() != str(self.dir):
+            # A bridge whose owner's folder is gone is left from a run that died: taken over.
+            if owner.exists() and owner.read_text() != str(self.dir) and Path(owner.read_text()).exists():
                 raise NodeError(f"bridge {BRIDGE} belongs to the node in {owner.read_text()}: one node per machine; `dev-cluster down --dir` that one first")
         else:
             _run(["ip", "link", "add", BRIDGE, "type", "bridge"])
