@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.integration.harness import REPO, wait_until
+from tests.integration.harness import FAST_SPEC, REPO, wait_until
 
 BIN = Path(sys.executable).parent
 HELM = BIN / "helm"
@@ -99,13 +99,7 @@ NAMESPACE = "sko-system"
 RELEASE = "sko"
 POLICY = "node-keys"
 # Rotation by annotation only (the interval is long); a next key signs 5 s after it is published.
-POLICY_SPEC = {
-    "algorithm": "ES256",
-    "rotation": {"interval": "24h", "publishAhead": "5s"},
-    "tokenLifetime": "10s",
-    "clockSkew": "1s",
-    "jwks": {"maxAge": "2s"},
-}
+POLICY_SPEC = {**FAST_SPEC, "rotation": {"interval": "24h", "publishAhead": "5s"}, "tokenLifetime": "10s"}
 # What an operator log must never say: a refusal by RBAC, a crash.
 REFUSAL = re.compile(r"forbidden|unauthorized|not enough permissions|system:anonymous|\b403\b", re.IGNORECASE)
 FILE_MODE_TIMEOUT = 240  # the kubelet refreshes ConfigMap volumes about once a minute
