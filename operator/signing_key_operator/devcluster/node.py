@@ -52,6 +52,11 @@ REQUIRED_COMMANDS = {
     "ip": "iproute2",
 }
 CNI_BIN_DIR = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
+# Paths that the kubelet and containerd 1.6's CNI library use whatever they are configured with:
+# container log links, CNI results per sandbox, and the loopback network's lock.
+CONTAINER_LOG_LINKS = Path("/var/log/containers")
+CNI_RESULTS = Path("/var/lib/cni/results")
+MACHINE_FOLDERS = (CONTAINER_LOG_LINKS, Path("/var/lib/cni"), Path("/etc/cni"))
 NODE_READY_TIMEOUT = 120.0
 
 
@@ -80,6 +85,8 @@ class NodeState:
     kubelet_port: int = 0
     sandbox_image: str = ""
     binaries: dict[str, str] | None = None
+    # Machine folders that did not exist before this node made them (see MACHINE_FOLDERS).
+    created_folders: list[str] | None = None
 
     def pids(self) -> dict[str, int]:
         # The order `teardown` stops them in: nothing restarts a container once the kubelet is
@@ -293,6 +300,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             "kubelet": str(binaries.kubelet), "kube-scheduler": str(binaries.kube_scheduler),
             "kube-proxy": str(binaries.kube_proxy), "containerd": _which("containerd"),
         })
+        state.created_folders = [str(folder) for folder in MACHINE_FOLDERS if not folder.exists()]
         cluster._save_node(state)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._write_cni_config()
@@ -384,7 +392,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             # leaves, so those go below.
             _run([binaries["kube-proxy"], "--cleanup", "--proxy-mode=iptables"], check=False)
         _remove_kube_chains()
-        netns = self._sandbox_network_namespaces() if self.socket.exists() else set()
+        netns, sandboxes = self._sandboxes() if self.socket.exists() else (set(), set())
         if self.socket.exists() and _alive(pids.get("containerd", 0)):
             self._remove_containers()
         if _stop(pids.get("containerd", 0), binaries.get("containerd")):
@@ -394,6 +402,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         for path in sorted(netns):
             _run(["umount", path], check=False)
             Path(path).unlink(missing_ok=True)
+        self._remove_machine_traces(sandboxes, (state.created_folders or []) if state else [])
         self._unmount_under(self.dir)
         if not self._mounts_under(self.dir):
             # Images, containers and pod volumes go too; a mount that would not go keeps the
@@ -406,9 +415,29 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                 owner.unlink(missing_ok=True)
         return stopped
 
-    def _sandbox_network_namespaces(self) -> set[str]:
-        """The network namespaces of this containerd's pod sandboxes, read from their specs."""
+    def _remove_machine_traces(self, sandboxes: set[str], created_folders: list[str]) -> None:
+        """What the kubelet and CNI wrote outside the node's folder: container log links into
+        it, CNI results of its sandboxes, and the machine folders it created, once empty."""
+        if CONTAINER_LOG_LINKS.is_dir():
+            for link in CONTAINER_LOG_LINKS.iterdir():
+                if link.is_symlink() and os.readlink(link).startswith(str(self.dir) + "/"):
+                    link.unlink()
+        if CNI_RESULTS.is_dir():
+            for result in CNI_RESULTS.iterdir():
+                if any(f"-{sandbox}-" in result.name for sandbox in sandboxes):
+                    result.unlink()
+        for folder in sorted(map(Path, created_folders), key=lambda f: len(str(f)), reverse=True):
+            (folder / "net.d" / "cni.lock").unlink(missing_ok=True)
+            for empty in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(str(p)), reverse=True):
+                if not any(empty.iterdir()):
+                    empty.rmdir()
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+
+    def _sandboxes(self) -> tuple[set[str], set[str]]:
+        """The network namespaces and ids of this containerd's pod sandboxes, from their specs."""
         paths: set[str] = set()
+        sandboxes: set[str] = set()
         listing = self.ctr("containers", "list", "--quiet", check=False)
         for container in listing.stdout.split():
             info = self.ctr("containers", "info", container, check=False)
@@ -420,7 +449,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                 path = namespace.get("path", "")
                 if namespace.get("type") == "network" and path.startswith("/var/run/netns/"):
                     paths.add(path)
-        return paths
+                    sandboxes.add(container)
+        return paths, sandboxes
 
     def _remove_containers(self) -> None:
         for task in self.ctr("tasks", "list", "--quiet", check=False).stdout.split():
