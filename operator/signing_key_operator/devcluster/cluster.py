@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -28,6 +26,7 @@ import yaml
 from .build import Binaries, ensure_binaries, ensure_node_binaries
 from .node import NODE_ADDRESS, NODE_NAME, DevNode, NodeState
 from .pki import DevPKI
+from .processes import log_tail, process_is, stop_process
 
 STATE_FILE = "state.json"
 ADMIN_USER = "dev-admin"
@@ -100,25 +99,6 @@ class ClusterState:
         }
 
 
-def _process_is(pid: int, binary: str) -> bool:
-    """True when pid still runs `binary` (a recorded pid may have been reused by now).
-
-    Popen returns once the child's close-on-exec pipe closes, which the kernel does part-way
-    through execve, before the new command line is in place: for a moment /proc/PID/cmdline
-    reads empty. An empty command line of a process that is not a zombie is read again."""
-    for _ in range(50):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if cmdline:
-                return cmdline.split(b"\0")[0].decode() == binary
-            if "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text():
-                return False  # exited, not yet reaped
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            return False
-        time.sleep(0.02)
-    return False
-
-
 class DevCluster:
     def __init__(self, directory: Path):
         self.dir = directory.resolve()
@@ -140,13 +120,13 @@ class DevCluster:
         if state is None:
             return {}
         running = {
-            name: _process_is(pid, binary)
+            name: process_is(pid, binary)
             for (name, pid), binary in zip(state.pids().items(), state.binaries)
         }
         node = state.node_state()
         if node is not None:
             for name, pid in node.pids().items():
-                running[name] = bool(pid) and _process_is(pid, (node.binaries or {}).get(name, ""))
+                running[name] = bool(pid) and process_is(pid, (node.binaries or {}).get(name, ""))
         return running
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -190,10 +170,7 @@ class DevCluster:
     def _start(self, binaries: Binaries, timeout: float, node_parts=None) -> ClusterState:
         shutil.rmtree(self.dir / "etcd", ignore_errors=True)  # throwaway data; a failed try leaves none behind
         etcd_port, peer_port, apiserver_port = _distinct_free_ports(3)
-        address = "127.0.0.1"
-        if node_parts is not None:
-            self.node.create_bridge()  # before the API server binds to the node's address
-            address = NODE_ADDRESS
+        address = NODE_ADDRESS if node_parts is not None else "127.0.0.1"
         started = time.time()
         state = ClusterState(
             etcd_pid=self._start_etcd(binaries, etcd_port, peer_port),
@@ -206,9 +183,13 @@ class DevCluster:
             binaries=[str(binaries.kube_controller_manager), str(binaries.kube_apiserver), str(binaries.etcd)],
             started_at=started,
             address=address,
+            # Recorded before the node exists, so a failed start's `down` removes its bridge.
+            node=asdict(NodeState()) if node_parts is not None else None,
         )
         self._save(state)
         try:
+            if node_parts is not None:
+                self.node.create_bridge()  # before the API server binds to the node's address
             # etcd first, on its own: an API server without etcd only fails 20 s later, and
             # says less about why than etcd's own log does.
             self._wait_until_healthy(state, f"http://127.0.0.1:{etcd_port}/health", "etcd", ETCD_TIMEOUT)
@@ -253,25 +234,10 @@ class DevCluster:
         if state is None:
             return stopped
         for (name, pid), binary in zip(state.pids().items(), state.binaries):
-            if pid and _process_is(pid, binary):
-                os.kill(pid, signal.SIGTERM)
+            if stop_process(pid, binary):
                 stopped.append(name)
-                deadline = time.monotonic() + 15
-                while _process_is(pid, binary) and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                if _process_is(pid, binary):
-                    os.kill(pid, signal.SIGKILL)
-            if pid:
-                self._reap(pid)
         (self.dir / STATE_FILE).unlink(missing_ok=True)
         return stopped
-
-    @staticmethod
-    def _reap(pid: int) -> None:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
 
     def _save_node(self, node: NodeState) -> None:
         state = self.state()
@@ -377,7 +343,7 @@ class DevCluster:
             if self.ready():
                 return
             running = self.running(state)
-            dead = [name for name, alive in running.items() if not alive and name != "kube-controller-manager"]
+            dead = [name for name, alive in running.items() if not alive and name in ("kube-apiserver", "etcd")]
             if dead:
                 tails = "\n".join(f"--- {name}:\n{self._log_tail(name)}" for name in dead)
                 raise StartupError(f"{', '.join(dead)} exited during start-up:\n{tails}")
@@ -397,9 +363,8 @@ class DevCluster:
                 return None
             raise
 
-    def _log_tail(self, name: str, lines: int = 25) -> str:
-        path = self.logs / f"{name}.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+    def _log_tail(self, name: str) -> str:
+        return log_tail(self.logs, name)
 
     def _write_kubeconfig(self, path: Path, server: str, user: str, groups: tuple[str, ...], cert_stem: str) -> Path:
         issued = self.pki.issue(cert_stem, user, groups)

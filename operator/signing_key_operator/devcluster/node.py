@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from .build import NodeBinaries
+from .processes import log_tail, process_is, stop_process
 
 if TYPE_CHECKING:
     from .image import BuiltImage
@@ -219,12 +220,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return _run(["ctr", "--address", str(self.socket), "--namespace", "k8s.io", *args], check=check)
 
-    def _wait_containerd(self, pid: int, timeout: float = 30.0) -> None:
+    def _wait_containerd(self, pid: int, binary: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.socket.exists() and self.ctr("version", check=False).returncode == 0:
                 return
-            if not _alive(pid):
+            if not process_is(pid, binary):
                 raise NodeError(f"containerd exited during start-up:\n{self._log_tail('containerd')}")
             time.sleep(0.2)
         raise NodeError(f"containerd not answering after {timeout:.0f}s:\n{self._log_tail('containerd')}")
@@ -307,7 +308,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         config = self._write_containerd_config(sandbox.ref)
         state.containerd_pid = cluster._spawn("containerd", [state.binaries["containerd"], "--config", str(config)])
         cluster._save_node(state)
-        self._wait_containerd(state.containerd_pid)
+        self._wait_containerd(state.containerd_pid, state.binaries["containerd"])
         self.import_image(sandbox.archive, sandbox.ref)
 
         pki = cluster.pki
@@ -357,7 +358,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         last = "not registered"
         while time.monotonic() < deadline:
             for name, pid in state.pids().items():
-                if not _alive(pid):
+                if not process_is(pid, state.binaries[name]):
                     raise NodeError(f"{name} exited during start-up:\n{self._log_tail(name)}")
             try:
                 node = cluster.get_json(f"/api/v1/nodes/{NODE_NAME}")
@@ -382,9 +383,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         pids = state.pids() if state else {}
         binaries = (state.binaries or {}) if state else {}
         for name in ("kubelet", "kube-scheduler"):
-            if _stop(pids.get(name, 0), binaries.get(name)):
+            if stop_process(pids.get(name, 0), binaries.get(name)):
                 stopped.append(name)
-        if _stop(pids.get("kube-proxy", 0), binaries.get("kube-proxy")):
+        if stop_process(pids.get("kube-proxy", 0), binaries.get("kube-proxy")):
             stopped.append("kube-proxy")
         if binaries.get("kube-proxy"):
             # kube-proxy's own clean-up knows every chain it writes; the kubelet's few
@@ -393,9 +394,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             _run([binaries["kube-proxy"], "--cleanup", "--proxy-mode=iptables"], check=False)
         _remove_kube_chains()
         netns, sandboxes = self._sandboxes() if self.socket.exists() else (set(), set())
-        if self.socket.exists() and _alive(pids.get("containerd", 0)):
+        if self.socket.exists() and process_is(pids.get("containerd", 0), binaries.get("containerd", "")):
             self._remove_containers()
-        if _stop(pids.get("containerd", 0), binaries.get("containerd")):
+        if stop_process(pids.get("containerd", 0), binaries.get("containerd")):
             stopped.append("containerd")
         for shim in self._our_shims():
             os.kill(shim, signal.SIGKILL)
@@ -494,9 +495,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             if _run(["umount", point], check=False).returncode != 0:
                 _run(["umount", "-l", point], check=False)
 
-    def _log_tail(self, name: str, lines: int = 25) -> str:
-        path = self.logs / f"{name}.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+    def _log_tail(self, name: str) -> str:
+        return log_tail(self.logs, name)
 
 
 def _which(command: str) -> str:
@@ -504,36 +504,6 @@ def _which(command: str) -> str:
     if found is None:
         raise NodeError(f"{command} is not installed (Debian package {REQUIRED_COMMANDS.get(command, command)}); `make node-packages` installs it")
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-
-
-def _stop(pid: int, binary: str | None, grace: float = 15.0) -> bool:
-    """SIGTERM, then SIGKILL, a process this node started (and only if it still runs `binary`)."""
-    from .cluster import _process_is
-
-    if not pid or not binary or not _process_is(pid, binary):
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while _process_is(pid, binary) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if _process_is(pid, binary):
-        os.kill(pid, signal.SIGKILL)
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    return True
 
 
 def _remove_kube_chains() -> None:
