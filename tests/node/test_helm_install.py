@@ -117,7 +117,8 @@ def test_the_jwks_served_through_the_service_follows_a_rotation_and_a_revoke_kid
 def test_deleting_the_operator_pod_mid_rotation_converges_and_keeps_the_invariants(release, kube):
     release.configure(**{"jwksServer.mode": "watch"})
     release.wait_ready()
-    (old_pod,) = [p["metadata"]["name"] for p in kube.pods(NAMESPACE, "operator")]
+    # The one running pod (a pod of an earlier configuration may still be terminating).
+    (old_pod,) = [p["metadata"]["name"] for p in kube.pods(NAMESPACE, "operator") if not p["metadata"].get("deletionTimestamp")]
     kid = release.rotate()
     kube.kubectl("delete", "pod", "-n", NAMESPACE, old_pod, "--wait=false")
     seen_signing: set[str] = set()
