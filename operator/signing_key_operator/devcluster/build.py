@@ -24,6 +24,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,27 +151,41 @@ def _say(message: str) -> None:
     print(f"[dev-cluster] {message}", file=sys.stderr, flush=True)
 
 
-def _build(target: _Target, label: str) -> None:
-    if all(path.exists() for path in target.binaries()):
+@contextmanager
+def finished_entry(entry: Path, is_finished: Callable[[], bool]) -> Iterator[Path | None]:
+    """Build a cache entry so that it only ever exists finished. Yields None when `is_finished()`
+    (looked at again under the entry's lock, in case another process built it meanwhile);
+    otherwise an empty `<entry>.partial` folder to build into, which is renamed to `entry` when
+    the block succeeds and removed when it raises."""
+    if is_finished():
+        yield None
         return
-    target.out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.out_dir.with_name(target.out_dir.name + ".lock"), "w") as lock:
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with open(entry.with_name(entry.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if all(path.exists() for path in target.binaries()):
-            return  # another process built it while this one waited
-        staging = target.out_dir.with_name(target.out_dir.name + ".partial")
+        if is_finished():
+            yield None
+            return
+        staging = entry.with_name(entry.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
-        _say(f"building {label} from the Go module proxy (once per version; about 5 min cold on 2 cores)")
-        started = time.monotonic()
         try:
-            for name, package in target.packages.items():
-                _go_build(target, package, staging / name, f"{label}: {name}", started)
+            yield staging
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        shutil.rmtree(target.out_dir, ignore_errors=True)
-        staging.rename(target.out_dir)
+        shutil.rmtree(entry, ignore_errors=True)
+        staging.rename(entry)
+
+
+def _build(target: _Target, label: str) -> None:
+    with finished_entry(target.out_dir, lambda: all(path.exists() for path in target.binaries())) as staging:
+        if staging is None:
+            return
+        _say(f"building {label} from the Go module proxy (once per version; about 5 min cold on 2 cores)")
+        started = time.monotonic()
+        for name, package in target.packages.items():
+            _go_build(target, package, staging / name, f"{label}: {name}", started)
     _say(f"built {label} in {time.monotonic() - started:.0f}s -> {target.out_dir}")
 
 

@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .build import GOMOD_DIR, _pinned_version, cache_root
+from .build import GOMOD_DIR, _pinned_version, cache_root, finished_entry
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -159,36 +159,22 @@ def _prune(entry: Path) -> None:
 
 
 def _ensure_entry(entry: Path, label: str, build) -> BuiltImage:
-    """Return the finished entry, building it into `<entry>.partial` first if it is missing.
-
-    `build(staging)` writes `staging/image.tar` and returns (ref, digest)."""
-    found = _cached(entry)
-    if found:
-        _say(f"{label}: cached {found.ref}")
-        return found
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    with open(entry.with_name(entry.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        found = _cached(entry)
-        if found:  # another process built it while this one waited
-            _say(f"{label}: cached {found.ref}")
-            return found
-        staging = entry.with_name(entry.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        started = time.monotonic()
-        try:
+    """Return the finished entry, building it into `<entry>.partial` first if it is missing
+    (build.finished_entry). `build(staging)` writes `staging/image.tar` and returns (ref, digest)."""
+    started = time.monotonic()
+    with finished_entry(entry, lambda: (entry / "image.json").is_file()) as staging:
+        if staging is not None:
             ref, digest = build(staging)
             (staging / "image.json").write_text(json.dumps({"ref": ref, "digest": digest}, indent=1) + "\n")
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        shutil.rmtree(entry, ignore_errors=True)
-        staging.rename(entry)
+    found = _cached(entry)
+    assert found is not None
+    if staging is None:
+        _say(f"{label}: cached {found.ref}")
+        return found
     _prune(entry)
-    size = (entry / "image.tar").stat().st_size
-    _say(f"{label}: built {ref} in {time.monotonic() - started:.0f}s ({size / 2**20:.0f} MiB archive)")
-    return BuiltImage(ref, entry / "image.tar", digest)
+    size = found.archive.stat().st_size
+    _say(f"{label}: built {found.ref} in {time.monotonic() - started:.0f}s ({size / 2**20:.0f} MiB archive)")
+    return found
 
 
 class _Buildah:
