@@ -73,8 +73,8 @@ def _dev_cluster_image(cluster) -> int:
     except RuntimeError as error:
         print(f"signing-key-operator dev-cluster image: {error}", file=sys.stderr)
         return 1
-    print(f"pause image: {images.pause_ref} ({images.pause_archive})")
-    print(f"app image: {images.app_archive}")
+    print(f"[image] pause image: {images.pause_ref} ({images.pause_archive})", file=sys.stderr)
+    print(f"[image] app image: {images.app_archive}", file=sys.stderr)
     print(images.app_ref)
     return 0
 

@@ -86,6 +86,18 @@ def test_status_shows_the_node_and_pods_reach_the_api_server_through_the_kuberne
     kube.kubectl("delete", "namespace", namespace, "--wait=false")
 
 
+def test_dev_cluster_image_prints_only_the_reference_and_loads_it_into_the_running_node(node_cluster):
+    # The README's `ref=$(signing-key-operator dev-cluster image)` needs the reference alone on
+    # stdout; progress goes to stderr.
+    result = subprocess.run([sys.executable, "-m", "signing_key_operator", "dev-cluster", "image", "--dir", str(node_cluster.dir)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ref = result.stdout.strip()
+    assert ref.startswith("docker.io/library/signing-key-operator:dev-") and "\n" not in ref, result.stdout
+    assert "loaded" in result.stderr
+    assert ref in node_cluster.node.ctr("images", "list", "--quiet").stdout.split()
+
+
 def test_down_leaves_nothing_on_the_machine_and_up_starts_the_node_again(node_cluster, kube: Kube):
     from signing_key_operator.devcluster.image import ensure_images
 
