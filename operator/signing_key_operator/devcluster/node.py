@@ -90,8 +90,6 @@ class NodeState:
     created_folders: list[str] | None = None
 
     def pids(self) -> dict[str, int]:
-        # The order `teardown` stops them in: nothing restarts a container once the kubelet is
-        # gone, and containerd must outlive the containers it is asked to remove.
         return {
             "kubelet": self.kubelet_pid,
             "kube-scheduler": self.scheduler_pid,
@@ -382,11 +380,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         stopped: list[str] = []
         pids = state.pids() if state else {}
         binaries = (state.binaries or {}) if state else {}
-        for name in ("kubelet", "kube-scheduler"):
+        # The kubelet first: nothing restarts a container once it is gone. containerd last: it
+        # must outlive the containers it is asked to remove.
+        for name in ("kubelet", "kube-scheduler", "kube-proxy"):
             if stop_process(pids.get(name, 0), binaries.get(name)):
                 stopped.append(name)
-        if stop_process(pids.get("kube-proxy", 0), binaries.get("kube-proxy")):
-            stopped.append("kube-proxy")
         if binaries.get("kube-proxy"):
             # kube-proxy's own clean-up knows every chain it writes; the kubelet's few
             # (KUBE-FIREWALL, which drops non-loopback packets to 127/8, and two canaries) it
@@ -457,8 +455,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         for task in self.ctr("tasks", "list", "--quiet", check=False).stdout.split():
             self.ctr("tasks", "kill", "--signal", "SIGKILL", task, check=False)
         deadline = time.monotonic() + 15
-        while self.ctr("tasks", "list", "--quiet", check=False).stdout.split() and time.monotonic() < deadline:
-            for task in self.ctr("tasks", "list", "--quiet", check=False).stdout.split():
+        while (tasks := self.ctr("tasks", "list", "--quiet", check=False).stdout.split()) and time.monotonic() < deadline:
+            for task in tasks:
                 self.ctr("tasks", "delete", "--force", task, check=False)
             time.sleep(0.2)
         for container in self.ctr("containers", "list", "--quiet", check=False).stdout.split():
