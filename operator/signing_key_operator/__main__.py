@@ -106,6 +106,11 @@ def _run(args: argparse.Namespace) -> int:
         redis_resync=parse_duration(args.redis_resync) if args.redis_resync else defaults.redis_resync,
         revocation_document_limit=args.revocation_document_limit or defaults.revocation_document_limit,
         name_conflict_recheck=parse_duration(args.name_conflict_recheck) if args.name_conflict_recheck else defaults.name_conflict_recheck,
+        served_check_interval=parse_duration(args.served_check_interval) if args.served_check_interval else defaults.served_check_interval,
+        served_check_idle_interval=(
+            parse_duration(args.served_check_idle_interval) if args.served_check_idle_interval else defaults.served_check_idle_interval
+        ),
+        jwks_server_reload_time=parse_duration(args.jwks_server_reload_time) if args.jwks_server_reload_time else defaults.jwks_server_reload_time,
     )
     asyncio.run(run_operator(settings))
     return 0
@@ -127,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--redis-resync", help="how often Redis-backed policies check Redis still holds their entries (default 15s)")
     run.add_argument("--revocation-document-limit", type=int, help="largest revocation ConfigMap in bytes (default and maximum 1 MiB)")
     run.add_argument("--name-conflict-recheck", help="how often a policy held by a name conflict looks again (default 30s)")
+    run.add_argument("--served-check-interval", help="how often spec.jwks.servedAt URLs are checked while something is pending (default 5s)")
+    run.add_argument("--served-check-idle-interval", help="how often they are checked while all serve the published set (default 5m)")
+    run.add_argument("--jwks-server-reload-time", help="how long a JWKS server may take to serve a ConfigMap change (default 2m)")
     run.add_argument("--verbose", action="store_true")
     run.set_defaults(handler=_run)
 

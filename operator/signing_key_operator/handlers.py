@@ -63,6 +63,10 @@ class PolicyLoop:
         """Events noticed while a reconcile runs (None while none runs)."""
         self.reported_failure: tuple[str, int | None] | None = None
         """The kind of failure last reported on the policy by an Event (None: none since the last success)."""
+        self.reconcile_at: datetime | None = None
+        self.check_at: datetime | None = None
+        """When to check the policy's servedAt URLs without reconciling (None: it names none)."""
+        self._check_only = False
         self.task = asyncio.create_task(self._run(), name=f"policy {self.key}")
         self.wake.set()
 
@@ -75,6 +79,13 @@ class PolicyLoop:
         while True:
             await self.wake.wait()
             self.wake.clear()
+            if self._check_only:
+                # Woken for a check of the served JWKS alone: it costs no API call, and only
+                # one that finds something new reconciles (and writes status).
+                self._check_only = False
+                if not await self._check_finds_news():
+                    await self._sleep()
+                    continue
             outcome = Outcome()
             self._heard = []
             try:
@@ -95,11 +106,31 @@ class PolicyLoop:
                 logger.info("%s/%s: reconciled with %d API writes", *self.key, outcome.writes)
             await self.runner.post_events(self.body, outcome)
             delay = self._delay(outcome)
-            if delay is not None:
-                try:
-                    await asyncio.wait_for(self.wake.wait(), timeout=delay)
-                except asyncio.TimeoutError:
-                    self.wake.set()
+            self.reconcile_at = None if delay is None else self.runner.clock() + timedelta(seconds=delay)
+            self.check_at = outcome.next_check
+            await self._sleep()
+
+    async def _sleep(self) -> None:
+        """Until woken by an event, or until the next reconcile or check is due."""
+        due = [(when, check_only) for when, check_only in ((self.reconcile_at, False), (self.check_at, True)) if when is not None]
+        if not due:
+            return
+        when, check_only = min(due, key=lambda item: item[0])
+        try:
+            await asyncio.wait_for(self.wake.wait(), timeout=max(0.0, (when - self.runner.clock()).total_seconds()))
+        except asyncio.TimeoutError:
+            self._check_only = check_only
+            self.wake.set()
+
+    async def _check_finds_news(self) -> bool:
+        try:
+            news, self.check_at = await self.runner.reconciler.check_served(self.body)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a reconcile follows, with its own error handling
+            logger.warning("check of the served JWKS of %s/%s failed: %s: %s", *self.key, type(error).__name__, error)
+            return True
+        return news
 
     async def _failed(self, error: Exception, failures: int, outcome: Outcome) -> timedelta:
         """Count and log a failed reconcile; once it persists, say so on the policy. Returns the backoff."""

@@ -20,6 +20,7 @@ class _PolicyCollector(Collector):
         self.activated: dict[tuple[str, str], float] = {}
         self.next_rotation: dict[tuple[str, str], float] = {}
         self.revocations: dict[tuple[str, str], tuple[int, int]] = {}
+        self.served: dict[tuple[str, str], tuple[dict[str, float], list[str]]] = {}
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         now = self._clock()
@@ -35,8 +36,24 @@ class _PolicyCollector(Collector):
         )
         for (namespace, policy), activated in self.activated.items():
             age.add_metric([namespace, policy], now - activated)
+        overdue = GaugeMetricFamily(
+            "signing_key_operator_rotation_overdue_seconds",
+            "Seconds the next rotation of a policy is past due (0 when it is not): a key held back "
+            "because a servedAt URL does not serve it. Alert on > 0.",
+            labels=["namespace", "policy"],
+        )
         for (namespace, policy), when in self.next_rotation.items():
             due.add_metric([namespace, policy], when)
+            overdue.add_metric([namespace, policy], max(0.0, now - when))
+        lag = GaugeMetricFamily(
+            "signing_key_operator_jwks_served_lag_seconds",
+            "Seconds a spec.jwks.servedAt URL has not served the published JWK Set (0 while it does).",
+            labels=["namespace", "policy", "url"],
+        )
+        for (namespace, policy), (lagging_since, urls) in self.served.items():
+            for url in urls:
+                since = lagging_since.get(url)
+                lag.add_metric([namespace, policy, url], max(0.0, now - since) if since is not None else 0.0)
         in_force = GaugeMetricFamily(
             "signing_key_operator_revocations_in_force",
             "TokenRevocations of a policy in force now (published or not).",
@@ -52,6 +69,8 @@ class _PolicyCollector(Collector):
             pending.add_metric([namespace, policy], unpublished)
         yield age
         yield due
+        yield overdue
+        yield lag
         yield in_force
         yield pending
 
@@ -78,6 +97,10 @@ class OperatorMetrics:
             "signing_key_operator_reconciles", "Reconciles run (gather, plan, act), by result.",
             ["result"], registry=self.registry,
         )
+        self.served_checks = Counter(
+            "signing_key_operator_jwks_served_checks", "Checks of spec.jwks.servedAt URLs, by result (ok, unreachable, invalid).",
+            ["result"], registry=self.registry,
+        )
         self.api_writes = Counter(
             "signing_key_operator_api_writes", "Writes to the Kubernetes API, by kind of object.",
             ["object"], registry=self.registry,
@@ -91,9 +114,13 @@ class OperatorMetrics:
             else:
                 series[key] = value.timestamp()
 
+    def observe_served(self, namespace: str, policy: str, lagging_since: dict[str, datetime], urls: list[str]) -> None:
+        self._keys.served[(namespace, policy)] = ({url: when.timestamp() for url, when in lagging_since.items()}, urls)
+
     def observe_revocations(self, namespace: str, policy: str, in_force: int, unpublished: int) -> None:
         self._keys.revocations[(namespace, policy)] = (in_force, unpublished)
 
     def forget_policy(self, namespace: str, policy: str) -> None:
         self.observe_policy(namespace, policy, None, None)
         self._keys.revocations.pop((namespace, policy), None)
+        self._keys.served.pop((namespace, policy), None)

@@ -51,11 +51,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from .core.durations import format_duration
 from .core.jwks import render_jwk_set
 from .core.keys import KeyMaterial, generate_key
 from .core.planner import (
     REVOKE_ANNOTATION, ROTATE_ANNOTATION, KeyRecord, KeyState, Plan, PlanEvent, Requests, key_secret_name, plan,
 )
+from .core.served import served_everywhere
 from .core.spec import PolicySpec, SpecError, timeline_warnings
 from .k8s import objects
 from .k8s.api import CONFIGMAPS, POLICIES, SECRETS, ApiError, KubeApi
@@ -63,6 +65,7 @@ from .key_reader import KeySecretReader
 from .metrics import OperatorMetrics
 from .redis_mirror import RedisMirror
 from .revocation_publisher import Published, RevocationPublisher
+from .served_readback import ServedReadBack, ServedReport
 from .settings import OperatorSettings
 
 logger = logging.getLogger(__name__)
@@ -76,6 +79,8 @@ class Outcome:
     object_events: list[tuple[dict[str, Any], PlanEvent]] = field(default_factory=list)
     """Events about other objects than the policy (its TokenRevocations)."""
     next_wakeup: datetime | None = None
+    next_check: datetime | None = None
+    """When to check the servedAt URLs again (None: the policy names none)."""
     retry_after: timedelta | None = None
     writes: int = 0
     own_versions: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -108,6 +113,7 @@ class Reconciler:
         self.key_factory = key_factory
         self._reported: dict[tuple[str, str], str] = {}
         self.key_reader = KeySecretReader()
+        self.served = ServedReadBack(api, settings, metrics, clock)
         self.revocations = RevocationPublisher(
             api, RedisMirror(), clock, redis_resync=settings.redis_resync, redis_retry=settings.error_backoff_initial * 4,
             document_limit=settings.revocation_document_limit, name_conflict_recheck=settings.name_conflict_recheck,
@@ -190,10 +196,12 @@ class Reconciler:
             return
         annotations = metadata.get("annotations") or {}
         requests = _requests(policy)
+        # Read back before deciding: a next key's publishAhead starts once every URL serves it.
+        observations = await self.served.observe(policy, spec) if spec.served_at else ()
         now = self.clock()
         decision: Plan = await asyncio.to_thread(
-            functools.partial(plan, signing=objects.signing_view(signing)), spec, [s.record for s in stored], now,
-            lambda: self.key_factory(spec.algorithm, spec.rsa_key_size), requests,
+            functools.partial(plan, signing=objects.signing_view(signing), served_kids=served_everywhere(observations)),
+            spec, [s.record for s in stored], now, lambda: self.key_factory(spec.algorithm, spec.rsa_key_size), requests,
         )
         materials = {s.record.serial: s.material for s in stored}
         materials.update(decision.new_material)
@@ -255,7 +263,25 @@ class Reconciler:
         outcome.next_wakeup = min((t for t in (decision.next_wakeup, revocations.next_wakeup) if t is not None), default=None)
         next_rotation = _next_rotation(decision.keys, spec)
         self.metrics.observe_policy(namespace, name, active.activated, next_rotation)
-        await self._patch_status(policy, spec, list(decision.keys), outcome, revocations)
+        served = None
+        if spec.served_at:
+            served = self.served.report(policy, spec, decision.keys, observations, decision.activation_held, decision.due_without_read_back)
+            outcome.events.extend(served.events)
+            outcome.next_check = served.next_check
+        await self._patch_status(policy, spec, list(decision.keys), outcome, revocations, served=served, held=decision.activation_held)
+
+    async def check_served(self, policy: dict[str, Any]) -> tuple[bool, datetime | None]:
+        """A check of the servedAt URLs between reconciles: (whether a reconcile must follow,
+        when to check next)."""
+        try:
+            spec = PolicySpec.from_resource(
+                policy["metadata"]["name"], policy.get("spec") or {}, secret_propagation=self.settings.secret_propagation
+            )
+        except SpecError:
+            return True, None
+        if not spec.served_at:
+            return True, None
+        return await self.served.check(policy, spec)
 
     async def _write(self, outcome: Outcome, kind: str, call) -> dict[str, Any]:
         try:
@@ -389,16 +415,20 @@ class Reconciler:
             del self._reported[key]
         self.key_reader.forget(uid)
         self.revocations.forget(uid)
+        self.served.forget(uid)
 
     async def close(self) -> None:
         await self.key_reader.close()
+        await self.served.close()
         await self.revocations.mirror.close()
 
     async def _patch_status(
         self, policy, spec: PolicySpec, records: list[KeyRecord], outcome: Outcome, revocations: Published, broken=(),
-        conflicts: Sequence[objects.NameConflict] = (),
+        conflicts: Sequence[objects.NameConflict] = (), served: ServedReport | None = None, held: Sequence[str] = (),
     ) -> None:
-        """``conflicts``: those that held the keys; the revocation ConfigMap's are added here."""
+        """``conflicts``: those that held the keys; the revocation ConfigMap's are added here.
+        ``served``: this reconcile's read-back; without one (keys held by a broken Secret or a
+        name conflict) the last one stays in status. ``held``: kids waiting to be served."""
         active = next((r for r in records if r.state is KeyState.ACTIVE), None)
         waiting = next((r for r in records if r.state is KeyState.NEXT), None)
         next_rotation = _next_rotation(records, spec)
@@ -414,6 +444,16 @@ class Reconciler:
         else:
             ready = ("True", "KeysPublished", f"key {active.kid} signs and is published in ConfigMap {spec.jwks_config_map_name}")
             degraded = ("False", "AsExpected", "all key Secrets are readable")
+            overdue = self.clock() - active.activated - spec.rotation_interval if active and active.activated else None
+            if served is not None and served.alarms:
+                degraded = ("True", "JWKSNotServed", _bounded("; ".join(served.alarms)))
+            elif held and overdue is not None and overdue > timedelta(0):
+                degraded = (
+                    "True", "RotationOverdue",
+                    f"key {held[0]} is not served at every spec.jwks.servedAt URL, so it does not sign yet and rotation is "
+                    f"{format_duration(timedelta(seconds=int(overdue.total_seconds())), compact=True)} overdue (see condition JWKSServed); key {active.kid} keeps signing",
+                )
+        previous_status = policy.get("status") or {}
         status = {
             "observedGeneration": policy["metadata"].get("generation"),
             "activeKid": active.kid if active else None,
@@ -424,8 +464,10 @@ class Reconciler:
             "keys": [_status_key(r) for r in _listed_keys(records)],
             "keysNotListed": len(records) - STATUS_KEYS_LIMIT if len(records) > STATUS_KEYS_LIMIT else None,
             "revocations": revocations.status,
+            "servedAt": served.status if served is not None else (previous_status.get("servedAt") if spec.served_at else None),
             "conditions": _conditions(
-                policy, self.clock(), ready=ready, degraded=degraded, revocations_published=revocations.condition
+                policy, self.clock(), ready=ready, degraded=degraded, revocations_published=revocations.condition,
+                jwks_served=served.condition if served is not None else None, keep_jwks_served=bool(spec.served_at),
             ),
         }
         await self._patch_status_body(policy, status, outcome)
@@ -441,6 +483,10 @@ class Reconciler:
             outcome, "SigningKeyPolicy",
             self.api.merge_patch(POLICIES, metadata["namespace"], metadata["name"], {"status": status}, subresource="status"),
         )
+
+
+def _bounded(message: str, limit: int = 4096) -> str:
+    return message if len(message) <= limit else message[: limit - 1] + "…"
 
 
 def _requests(policy: dict[str, Any]) -> Requests:
@@ -477,7 +523,7 @@ def _listed_keys(records: Sequence[KeyRecord]) -> list[KeyRecord]:
 
 def _status_key(record: KeyRecord) -> dict[str, Any]:
     entry: dict[str, Any] = {"kid": record.kid, "state": record.state.value, "algorithm": record.alg, "reason": record.reason.value}
-    for field_name, status_name in (("created", "created"), ("activated", "activated"), ("retired", "retired"), ("removal_due", "removalDue"), ("revoked", "revoked")):
+    for field_name, status_name in (("created", "created"), ("first_served", "firstServed"), ("activated", "activated"), ("retired", "retired"), ("removal_due", "removalDue"), ("revoked", "revoked")):
         value = getattr(record, field_name)
         if value is not None:
             entry[status_name] = objects.format_time(value)
@@ -487,6 +533,7 @@ def _status_key(record: KeyRecord) -> dict[str, Any]:
 def _conditions(
     policy, now: datetime, *, ready: tuple[str, str, str], degraded: tuple[str, str, str],
     revocations_published: tuple[str, str, str] | None = None,
+    jwks_served: tuple[str, str, str] | None = None, keep_jwks_served: bool = False,
 ) -> list[dict[str, Any]]:
     """Conditions keep their lastTransitionTime while their status holds (kubectl wait and
     alerting read transitions), so an unchanged state writes nothing."""
@@ -496,6 +543,11 @@ def _conditions(
     wanted = [("Ready", ready), ("Degraded", degraded)]
     if revocations_published is not None:
         wanted.append(("RevocationsPublished", revocations_published))
+    if jwks_served is not None:
+        wanted.append(("JWKSServed", jwks_served))
+    elif keep_jwks_served and "JWKSServed" in previous:
+        before = previous["JWKSServed"]
+        wanted.append(("JWKSServed", (before["status"], before["reason"], before["message"])))
     for kind, (status, reason, message) in wanted:
         before = previous.get(kind)
         unchanged = before is not None and before.get("status") == status

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+from .core.jwks import MAX_JWK_SET_BYTES
 from .core.revocations import MAX_CONFIGMAP_BYTES
 from .core.spec import DEFAULT_SECRET_PROPAGATION
 
@@ -79,6 +80,39 @@ class OperatorSettings:
     the API server accepts; a cluster admin may set less, since every watcher of the ConfigMap
     (each JWKS server replica) receives the whole object on every change. Beyond it the stored
     document is kept and the policy says to use the Redis backend."""
+
+    served_check_interval: timedelta = timedelta(seconds=5)
+    """How often a policy with ``spec.jwks.servedAt`` checks its URLs while something is pending
+    (a URL not serving the published set: a new key not there yet, a removed one still there).
+    A new key's publishAhead starts at the first check that finds it everywhere, so this is
+    how late it may start; one GET per URL every 5 s costs a JWKS server nothing."""
+
+    served_check_idle_interval: timedelta = timedelta(minutes=5)
+    """How often it checks while every URL serves the published set: rarely, since nothing is
+    expected to change, but often enough that an endpoint that starts lying (a cache
+    misconfigured, a stale replica) is reported within minutes. 12 GETs per URL per hour."""
+
+    served_check_timeout: timedelta = timedelta(seconds=5)
+    """Longest a check of one URL may take, redirects and body included: verifiers' HTTP
+    clients give up about then, and a URL that slow is reported as unreachable."""
+
+    served_check_max_bytes: int = MAX_JWK_SET_BYTES
+    """Largest body a check reads: a ConfigMap holds at most 1 MiB, so a bigger set was not
+    published by this operator, and reading on would let an endpoint exhaust memory."""
+
+    served_check_redirects: int = 3
+    """Redirects a check follows (an ingress moving http to https, a CDN's canonical host);
+    more is a loop or a misconfiguration, reported as unreachable."""
+
+    served_check_connections: int = 16
+    """Concurrent connections for all checks of this process; checks of one policy run at once."""
+
+    jwks_server_reload_time: timedelta = timedelta(minutes=2)
+    """How long a JWKS server may take to serve a changed ConfigMap: under a second for the
+    chart's sidecar watching it, up to 90 s for a server reading a mounted ConfigMap (the
+    kubelet's sync; measured p99 89 s). Plus jwks.maxAge, this is how long a URL may keep
+    serving a removed or revoked key, or lack the signing key, before it is an alarm
+    (Warning Event, Degraded)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.revocation_document_limit <= MAX_CONFIGMAP_BYTES:

@@ -569,15 +569,53 @@ def test_inconsistent_records_are_refused():
 # -- closing the loop, inputs and helpers -----------------------------------------------------
 
 
-def test_next_key_waits_until_the_served_jwks_shows_it():
+SERVED_SPEC = make_spec(served_at=("https://jwks.example.test/.well-known/jwks.json",))
+
+
+def test_without_served_at_the_read_back_changes_nothing():
     driver = bootstrapped()
     driver.advance_to(T0 + DAY - 2 * HOUR)
-    waiting = driver.next_key
     driver.now = T0 + DAY
+    assert driver.plan(served_kids=set()).active.kid == driver.next_key.kid
+
+
+def test_publish_ahead_counts_from_when_every_url_serves_the_next_key():
+    driver = bootstrapped(SERVED_SPEC)
+    driver.advance_to(T0 + DAY - 2 * HOUR)
+    waiting = driver.next_key
+    assert waiting.activate_at is None  # not served anywhere yet: no time to sign
+    driver.now = T0 + DAY  # would sign now without the read-back
     held = driver.plan(served_kids={driver.active.kid})
     assert not held.has_changes and held.activation_held == (waiting.kid,)
-    served = driver.plan(served_kids={driver.active.kid, waiting.kid})
-    assert served.active.kid == waiting.kid
+    driver.now = T0 + DAY + HOUR
+    seen = driver.step(served_kids={driver.active.kid, waiting.kid})
+    recorded = driver.next_key
+    assert recorded.first_served == T0 + DAY + HOUR
+    assert recorded.activate_at == T0 + DAY + 3 * HOUR  # publishAhead 2 h from first seen
+    assert [event.reason for event in seen.events] == ["KeyServed"] and seen.rotations == ()
+    driver.now = T0 + DAY + 3 * HOUR - timedelta(seconds=1)
+    assert not driver.plan(served_kids={waiting.kid}).has_changes
+    driver.now = T0 + DAY + 3 * HOUR
+    assert driver.plan(served_kids={waiting.kid}).active.kid == waiting.kid
+
+
+def test_a_next_key_that_stops_being_served_does_not_sign_until_it_is_back():
+    driver = bootstrapped(SERVED_SPEC)
+    driver.advance_to(T0 + DAY - 2 * HOUR)
+    waiting = driver.next_key
+    driver.step(served_kids={driver.active.kid, waiting.kid})
+    driver.now = T0 + DAY + HOUR  # due, but a cache in the way serves an older set again
+    held = driver.plan(served_kids={driver.active.kid})
+    assert held.active.kid != waiting.kid and held.activation_held == (waiting.kid,)
+    assert driver.plan(served_kids={waiting.kid}).active.kid == waiting.kid
+    assert driver.next_key.first_served == T0 + DAY - 2 * HOUR  # seen once counts, and is kept
+
+
+def test_an_emergency_key_never_waits_for_the_read_back():
+    driver = bootstrapped(SERVED_SPEC)
+    driver.requests = Requests(revoke_kid=driver.active.kid)
+    result = driver.step(served_kids=set())
+    assert result.active.emergency and result.active.reason is KeyReason.EMERGENCY
 
 
 def test_short_publish_ahead_warns_when_a_key_is_published():
@@ -857,3 +895,66 @@ def test_plain_timer_rotation_rotates_once_per_interval(ticks, interval, publish
     moments = [T0] + [moment for moment, _ in activations]
     assert all(later - earlier >= interval for earlier, later in zip(moments, moments[1:]))
     assert len([record for record in timeline.keys if record.state is KeyState.NEXT]) <= 1
+
+
+@dataclass
+class LaggingEndpoint:
+    """What verifiers fetch: the published set as it was ``lag`` ago, the lag drawn afresh for
+    every look (CDN nodes and caches disagree, so a key can appear and vanish again)."""
+
+    history: list[tuple[datetime, frozenset[str]]] = field(default_factory=list)
+
+    def publish(self, now: datetime, kids) -> None:
+        if not self.history or self.history[-1][1] != frozenset(kids):
+            self.history.append((now, frozenset(kids)))
+
+    def served(self, now: datetime, lag: timedelta) -> frozenset[str]:
+        seen = [kids for moment, kids in self.history if moment <= now - lag]
+        return seen[-1] if seen else frozenset()
+
+
+@dataclass
+class ServedTimeline(Timeline):
+    spec: PolicySpec = SERVED_SPEC
+    endpoint: LaggingEndpoint = field(default_factory=LaggingEndpoint)
+    served: frozenset[str] = frozenset()
+
+    def plan(self, keys=None, now=None, requests=None) -> Plan:
+        return plan(
+            self.spec, self.keys if keys is None else keys, self.now if now is None else now,
+            self.factory.for_spec(self.spec), self.requests if requests is None else requests,
+            served_kids=self.served,
+        )
+
+
+LAGS = st.integers(min_value=0, max_value=4 * 3600).map(lambda seconds: timedelta(seconds=seconds))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(steps=st.lists(st.tuples(ACTIONS, COMMITS, LAGS), min_size=1, max_size=40))
+def test_invariants_hold_when_the_served_jwks_lags(steps):
+    """With servedAt, on top of every invariant: a key signs only while it is served, never less
+    than publishAhead after it was first seen served (bootstrap and emergency keys excepted),
+    and the moment it was first seen is recorded once and never moves."""
+    timeline = ServedTimeline()
+    first_served: dict[str, datetime] = {}
+    for action, crash_mask, lag in steps:
+        timeline.apply(action)
+        timeline.served = timeline.endpoint.served(timeline.now, lag)
+        before = timeline.keys
+        result = timeline.plan()
+        timeline.check(before, result)
+        was_active = {record.serial for record in before if record.state is KeyState.ACTIVE}
+        for record in result.keys:
+            if record.first_served is not None:
+                assert record.first_served >= record.created
+                assert first_served.get(record.kid, record.first_served) == record.first_served
+            if record.state is KeyState.ACTIVE and record.serial not in was_active and not record.emergency:
+                assert record.kid in timeline.served
+                assert record.first_served is not None
+                assert record.activated - record.first_served >= timeline.spec.publish_ahead
+        timeline.commit(result, crash_mask)
+        for record in timeline.keys:  # what was stored (a crash may have lost the write)
+            if record.first_served is not None:
+                first_served.setdefault(record.kid, record.first_served)
+        timeline.endpoint.publish(timeline.now, [record.kid for record in timeline.keys if record.published])

@@ -22,7 +22,8 @@ Rules, in the order :func:`plan` applies them:
    signed, so no token needs it); a rotate request makes a next key that activates after
    publishAhead; an algorithm change starts a graceful rotation; the timer publishes the next
    key publishAhead before the interval ends; a due next key activates and the active key
-   retires;
+   retires. With ``spec.jwks.servedAt`` a next key's publishAhead counts from when every URL
+   was first seen serving it (recorded on the key), and it activates only while they serve it;
 4. retired and revoked keys are removed once their retention has passed, counted from when the
    signing Secret stopped naming them; a retired key it still names stays published, because
    signers sign with whatever it holds, not with what the records say.
@@ -129,6 +130,10 @@ class KeyRecord:
     """The rotate annotation value this key answers, so a request is never served twice."""
     emergency: bool = False
     """Activated without being published publishAhead before (bootstrap and emergency keys)."""
+    first_served: datetime | None = None
+    """When every ``spec.jwks.servedAt`` URL was first seen serving this key; with servedAt its
+    publishAhead counts from here, not from ``created``. Recorded once and kept, so a restart
+    neither forgets a wait nor starts it over."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", KeyState(self.state))
@@ -139,7 +144,7 @@ class KeyRecord:
             raise ValueError(f"key {self.serial}: kid must not be empty")
         if self.alg not in ALGORITHMS:
             raise ValueError(f"key {self.serial}: unsupported alg {self.alg!r}")
-        for name in ("created", "activate_at", "activated", "retired", "removal_due", "revoked"):
+        for name in ("created", "activate_at", "activated", "retired", "removal_due", "revoked", "first_served"):
             value = getattr(self, name)
             if value is not None and (value.tzinfo is None or value.utcoffset() is None):
                 raise ValueError(f"key {self.serial}: {name} must be timezone-aware")
@@ -218,7 +223,11 @@ class Plan:
     rotations: tuple[KeyReason, ...]
     """One reason per change of the signing key in this step (bootstrap is not a rotation)."""
     activation_held: tuple[str, ...] = ()
-    """Kids due to activate that wait until the served JWKS shows them (``served_kids``)."""
+    """Kids that would sign by now were the JWKS read back from where it is written, but wait
+    until every ``spec.jwks.servedAt`` URL serves them (and publishAhead more)."""
+    due_without_read_back: datetime | None = None
+    """With servedAt: when the next key would sign were the ConfigMap write its publication
+    (from then on it is held until served, see ``activation_held``)."""
     previous: tuple[KeyRecord, ...] = field(default=(), repr=False)
 
     @property
@@ -268,14 +277,16 @@ def plan(
 
     ``new_key`` is called only when a key must be made (possibly more than once in a step)
     and must return material for ``spec.algorithm``; it is synchronous, so async callers run
-    ``plan`` in a thread. ``served_kids``, when given, is the set of kids the JWKS endpoint
-    serves right now: a next key activates only once it appears there (the loop is closed).
+    ``plan`` in a thread. ``served_kids`` is the set of kids every ``spec.jwks.servedAt`` URL
+    serves right now (the caller reads them back; None counts as none when the spec names
+    URLs, and is ignored when it names none): a next key's publishAhead starts once it appears
+    there, and it activates only while it is there (the loop is closed where verifiers look).
     Emergency and bootstrap keys never wait: there must always be a signing key. ``signing``
     is what the signing Secret holds now (see :class:`SigningSecretView`).
     """
     if now.tzinfo is None or now.utcoffset() != timedelta(0):
         raise ValueError("now must be a timezone-aware UTC datetime")
-    step = _Step(spec, keys, now, new_key, signing)
+    step = _Step(spec, keys, now, new_key, signing, served_kids)
 
     # Repair first: a crash between creating an emergency key and marking the revoked key may
     # have left two active keys; settling on the newest makes the re-planned revocation find
@@ -289,9 +300,10 @@ def plan(
         handled_rotate = step.publish_next_key_on_rotate_request(requests)
         step.publish_next_key_when_algorithm_changed()
         step.publish_next_key_when_interval_nears_its_end()
+    step.record_when_next_key_is_first_served_everywhere()
     step.schedule_next_key()
     if not spec.suspend:
-        step.activate_next_key_when_due(served_kids)
+        step.activate_next_key_when_due()
     step.extend_retention_to_current_spec()
     step.remove_keys_past_retention()
     return step.finish(Handled(rotate=handled_rotate, revoke=handled_revoke))
@@ -307,8 +319,11 @@ class _Step:
         now: datetime,
         new_key: Callable[[], KeyMaterial],
         signing: SigningSecretView | None = None,
+        served_kids: Collection[str] | None = None,
     ) -> None:
         self.spec = spec
+        self.served_kids: frozenset[str] | None = (frozenset(served_kids or ())) if spec.served_at else None
+        """None: the spec names no servedAt URL, so publication is the ConfigMap write."""
         self.now = now
         self.new_key = new_key
         self.signing = signing
@@ -341,8 +356,17 @@ class _Step:
         waiting = self.in_state(KeyState.NEXT)
         return waiting[0] if waiting else None
 
+    def publication_start(self, record: KeyRecord) -> datetime | None:
+        """Where publishAhead counts from: the write, or with servedAt the moment every URL
+        was first seen serving the key (None: not yet)."""
+        return record.created if self.served_kids is None else record.first_served
+
+    def served_now(self, record: KeyRecord) -> bool:
+        return self.served_kids is None or record.kid in self.served_kids
+
     def published_for_long_enough(self, record: KeyRecord) -> bool:
-        return self.now - record.created >= self.spec.publish_ahead
+        start = self.publication_start(record)
+        return start is not None and self.now - start >= self.spec.publish_ahead and self.served_now(record)
 
     def signers_still_use(self, record: KeyRecord) -> bool:
         """A retired key the signing Secret still holds (a revoked one leaves regardless)."""
@@ -500,12 +524,30 @@ class _Step:
         if waiting.activate_at != activate_at:
             self.put(replace(waiting, activate_at=activate_at))
 
-    def activate_next_key_when_due(self, served_kids: Collection[str] | None) -> None:
+    def record_when_next_key_is_first_served_everywhere(self) -> None:
         waiting = self.next_key
-        if waiting is None or waiting.activate_at is None or self.now < waiting.activate_at:
+        if waiting is None or self.served_kids is None or waiting.first_served is not None:
             return
-        if served_kids is not None and waiting.kid not in served_kids:
-            self.held.append(waiting.kid)
+        if waiting.kid in self.served_kids:
+            self.put(replace(waiting, first_served=self.now))
+            self.event(
+                "Normal",
+                "KeyServed",
+                f"Key {waiting.kid} (serial {waiting.serial}) is served at every spec.jwks.servedAt URL, "
+                f"seen {_ago(self.now - waiting.created)} after it was published; its publishAhead "
+                f"({_ago(self.spec.publish_ahead)}) counts from now",
+            )
+
+    def activate_next_key_when_due(self) -> None:
+        waiting, active = self.next_key, self.active
+        if waiting is None or active is None:
+            return
+        if waiting.activate_at is None or not self.served_now(waiting):
+            # Waiting on the read-back: held only once it would have signed without it.
+            if self.now >= self.activation_due(waiting, active, start=waiting.created):
+                self.held.append(waiting.kid)
+            return
+        if self.now < waiting.activate_at:
             return
         self.activate(waiting, why=f"scheduled ({waiting.reason})")
 
@@ -531,8 +573,13 @@ class _Step:
         assert active.activated is not None
         return active.activated + self.spec.rotation_interval - self.spec.publish_ahead
 
-    def activation_due(self, waiting: KeyRecord, active: KeyRecord) -> datetime:
-        earliest = waiting.created + self.spec.publish_ahead
+    def activation_due(self, waiting: KeyRecord, active: KeyRecord, start: datetime | None = None) -> datetime | None:
+        """When ``waiting`` signs: publishAhead after ``start`` (by default its publication
+        start; None while that is unknown), and for the timer not before the interval ends."""
+        start = start or self.publication_start(waiting)
+        if start is None:
+            return None
+        earliest = start + self.spec.publish_ahead
         if waiting.reason is KeyReason.TIMER and waiting.rotate_request is None:
             assert active.activated is not None
             return max(earliest, active.activated + self.spec.rotation_interval)
@@ -546,12 +593,19 @@ class _Step:
         ]
         if not self.spec.suspend:
             waiting, active = self.next_key, self.active
-            if waiting is not None and waiting.activate_at is not None and waiting.kid not in self.held:
+            # A key that waits to be served wakes nobody: the read-back's next check does.
+            if waiting is not None and waiting.activate_at is not None and self.served_now(waiting):
                 due.append(waiting.activate_at)
             elif waiting is None and active is not None:
                 due.append(self.timer_publication_due(active))
         future = [moment for moment in due if moment > self.now]
         return min(future, default=None)
+
+    def due_without_read_back(self) -> datetime | None:
+        waiting, active = self.next_key, self.active
+        if self.served_kids is None or waiting is None or active is None:
+            return None
+        return self.activation_due(waiting, active, start=waiting.created)
 
     # -- changes ---------------------------------------------------------------------------
 
@@ -668,6 +722,7 @@ class _Step:
             next_wakeup=self.next_wakeup(),
             rotations=tuple(self.rotations),
             activation_held=tuple(self.held),
+            due_without_read_back=self.due_without_read_back(),
             previous=self.previous,
         )
 

@@ -33,6 +33,7 @@ __all__ = [
     "PolicySpec",
     "REVOCATION_BACKENDS",
     "RedisTarget",
+    "SERVED_AT_LIMIT",
     "SpecError",
     "SpecWarning",
     "timeline_warnings",
@@ -102,6 +103,13 @@ over the 90 s bound, and costs only a retired key published 30 s longer."""
 REVOCATION_BACKENDS = ("ConfigMap", "Redis")
 """``spec.revocation.backend``. ConfigMap is the default: no extra infrastructure, and room for
 some 20,000 UUID jtis (bench/revocation_bench.py capacity); Redis beyond that."""
+
+SERVED_AT_LIMIT = 8
+"""At most this many ``spec.jwks.servedAt`` URLs: each is probed on its own, and a policy is
+served at a Service URL and one or two public ones (ingress, CDN), not at dozens."""
+
+_SERVED_URL = re.compile(r"^https?://[^/?#@\s]+([/?#]\S*)?$")
+_SERVED_URL_MAX_LENGTH = 2048
 
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _MAX_NAME_LENGTH = 253
@@ -185,6 +193,13 @@ class PolicySpec:
     construction), predictable so the sidecar can be told it before the policy exists."""
     redis: RedisTarget | None = None
     """``spec.revocation.redis``; required with the Redis backend."""
+    served_at: tuple[str, ...] = ()
+    """``spec.jwks.servedAt``: URLs where verifiers fetch the set. Empty by default: the
+    operator then trusts its ConfigMap write, as before; with URLs, a new key's publishAhead
+    starts only once every one of them serves it."""
+    ca_bundle: tuple[str, str] | None = None
+    """``spec.jwks.caBundleRef``: (ConfigMap name, key) of the CA certificates for https
+    servedAt URLs; None: the system's CAs. TLS is verified either way."""
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -236,6 +251,16 @@ class PolicySpec:
         _check_object_name("spec.revocation.configMapName", self.revocation_config_map_name, self.name)
         if self.revocation_config_map_name == self.jwks_config_map_name:
             raise SpecError("spec.revocation.configMapName", "must differ from spec.jwksConfigMapName")
+        if len(self.served_at) > SERVED_AT_LIMIT:
+            raise SpecError("spec.jwks.servedAt", f"at most {SERVED_AT_LIMIT} URLs (got {len(self.served_at)})")
+        for index, url in enumerate(self.served_at):
+            if not isinstance(url, str) or len(url) > _SERVED_URL_MAX_LENGTH or not _SERVED_URL.match(url):
+                raise SpecError(
+                    f"spec.jwks.servedAt[{index}]",
+                    "must be an http:// or https:// URL without credentials (user@ or user:password@)",
+                )
+        if len(set(self.served_at)) != len(self.served_at):
+            raise SpecError("spec.jwks.servedAt", "lists a URL twice")
 
     @property
     def retention(self) -> timedelta:
@@ -275,6 +300,18 @@ class PolicySpec:
         jwks_max_age = _duration("spec.jwks.maxAge", jwks, "maxAge", DEFAULT_JWKS_MAX_AGE)
         revocation = _mapping("spec.revocation", spec.get("revocation") or {})
         redis = _redis_target(revocation.get("redis"))
+        served_at = jwks.get("servedAt") or []
+        if not isinstance(served_at, list):
+            raise SpecError("spec.jwks.servedAt", f"must be a list of URLs (got {type(served_at).__name__})")
+        ca_bundle = None
+        if jwks.get("caBundleRef") is not None:
+            reference = _mapping("spec.jwks.caBundleRef", jwks["caBundleRef"])
+            ca_bundle = (
+                _name("spec.jwks.caBundleRef.configMapName", reference, "configMapName", ""),
+                _name("spec.jwks.caBundleRef.key", reference, "key", "ca.crt"),
+            )
+            if not ca_bundle[0]:
+                raise SpecError("spec.jwks.caBundleRef.configMapName", "is required")
         return cls(
             name=name,
             algorithm=algorithm,
@@ -302,6 +339,8 @@ class PolicySpec:
                 "spec.revocation.configMapName", revocation, "configMapName", f"{name}-revocations"
             ),
             redis=redis,
+            served_at=tuple(served_at),
+            ca_bundle=ca_bundle,
         )
 
 

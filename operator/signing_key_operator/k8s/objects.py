@@ -31,7 +31,7 @@ REVOKE_HANDLED_ANNOTATION = f"{PREFIX}/revoke-handled"
 SIGNING_SINCE_ANNOTATION = f"{PREFIX}/signing-since"
 REPLACED_KID_ANNOTATION = f"{PREFIX}/replaced-kid"
 
-_TIME_FIELDS = ("created", "activate_at", "activated", "retired", "removal_due", "revoked")
+_TIME_FIELDS = ("created", "activate_at", "activated", "retired", "removal_due", "revoked", "first_served")
 
 
 def _annotation(field: str) -> str:
