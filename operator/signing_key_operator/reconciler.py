@@ -197,7 +197,15 @@ class Reconciler:
         annotations = metadata.get("annotations") or {}
         requests = _requests(policy)
         # Read back before deciding: a next key's publishAhead starts once every URL serves it.
-        observations = await self.served.observe(policy, spec) if spec.served_at else ()
+        # Not while a revocation waits: it must not wait for a slow URL's timeout, and what the
+        # last check found is enough (the revocation does not depend on it).
+        revoking = requests.revoke_kid is not None and requests.revoke_kid != requests.revoke_handled
+        if not spec.served_at:
+            observations: tuple = ()
+        elif revoking:
+            observations = self.served.last_observations(metadata["uid"], spec)
+        else:
+            observations = await self.served.observe(policy, spec, reuse_within=self.settings.served_check_interval)
         now = self.clock()
         decision: Plan = await asyncio.to_thread(
             functools.partial(plan, signing=objects.signing_view(signing), served_kids=served_everywhere(observations)),

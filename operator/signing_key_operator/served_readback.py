@@ -68,6 +68,8 @@ class _Memory:
     hold_due: datetime | None = None
     """When the next key would sign without the read-back: a check after it reconciles once, so
     the hold is reported (ActivationHeld) even though the check found nothing new."""
+    news: tuple[Observation, ...] | None = None
+    """What a check between reconciles found new, for the reconcile it wakes."""
     grace: timedelta = timedelta(0)
     """How long a URL may lag before it is an alarm: the JWKS server's reload time + jwks.maxAge."""
 
@@ -96,8 +98,15 @@ class ServedReadBack:
         self._default_context: ssl.SSLContext | None = None
 
     # -- fetching ---------------------------------------------------------------------------
-    async def observe(self, policy: dict[str, Any], spec: PolicySpec) -> tuple[Observation, ...]:
-        """Check every servedAt URL once, concurrently."""
+    async def observe(self, policy: dict[str, Any], spec: PolicySpec, reuse_within: timedelta | None = None) -> tuple[Observation, ...]:
+        """Check every servedAt URL once, concurrently. ``reuse_within``: what a check this recent
+        found is used instead (the reconcile that follows a check finding news need not wait
+        for the slowest URL a second time)."""
+        memory = self._memory.get(policy["metadata"]["uid"])
+        if reuse_within is not None and memory is not None and memory.news is not None:
+            news, memory.news = memory.news, None
+            if [o.url for o in news] == list(spec.served_at) and all(self.clock() - o.checked < reuse_within for o in news):
+                return news
         context, problem = await self._tls_context(policy["metadata"]["namespace"], spec)
         results = await asyncio.gather(*(self._fetch(url, context, problem) for url in spec.served_at))
         for observation in results:
@@ -113,7 +122,7 @@ class ServedReadBack:
         try:
             session = self._client()
             async with session.get(
-                url, ssl=context, max_redirects=self.settings.served_check_redirects,
+                url, ssl=context if url.startswith("https://") else True, max_redirects=self.settings.served_check_redirects,
                 timeout=aiohttp.ClientTimeout(total=self.settings.served_check_timeout.total_seconds()),
             ) as response:
                 if response.status != 200:
@@ -133,6 +142,8 @@ class ServedReadBack:
             return Observation(url, now, error=_bounded(f"TLS: {error}"))
         except asyncio.TimeoutError:
             return Observation(url, now, error=f"no complete answer within {self.settings.served_check_timeout.total_seconds():g}s")
+        except aiohttp.ClientConnectorError as error:
+            return Observation(url, now, error=_bounded(f"cannot connect to {error.host}:{error.port}: {error.os_error.strerror or error.os_error}"))
         except (aiohttp.ClientError, OSError, ValueError) as error:
             return Observation(url, now, error=_bounded(f"{type(error).__name__}: {error}"))
         try:
@@ -140,6 +151,13 @@ class ServedReadBack:
         except InvalidJwkSet as invalid:  # its message never quotes key material
             return Observation(url, now, error=_bounded(f"not a valid public JWK Set: {invalid.message}"), invalid_document=True)
         return Observation(url, now, kids=served.kids, etag=etag[:256] if etag else None)
+
+    def last_observations(self, uid: str, spec: PolicySpec) -> tuple[Observation, ...]:
+        """What the last check found, for a reconcile that must not wait for a new one (a URL
+        never checked counts as unknown)."""
+        memory = self._memory.get(uid)
+        seen = memory.observations if memory is not None else {}
+        return tuple(seen.get(url) or Observation(url, self.clock(), error="not checked yet") for url in spec.served_at)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -206,11 +224,13 @@ class ServedReadBack:
         now = self.clock()
         if memory is None or memory.view is None or (memory.hold_due is not None and now >= memory.hold_due):
             return True, now
+        memory.news = observations
         if any(not o.same_as(memory.observations.get(o.url)) for o in observations):
             return True, now
         verdicts = self._judge(memory, observations, now)
         if _judged(verdicts) != memory.judged:
             return True, now
+        memory.news = None
         memory.observations = {o.url: o for o in observations}
         return False, self._next_check(memory, verdicts, now)
 
