@@ -54,7 +54,8 @@ CUSTOM_VALUES = {
     "image": {"repository": "registry.example.com/platform/signing-key-operator", "digest": "sha256:" + "a" * 64},
     "imagePullSecrets": [{"name": "registry"}],
     "serviceAccount": {"annotations": {"iam.example.com/role": "signing-keys"}},
-    "operator": {"secretPropagation": "2m", "verbose": True, "extraEnv": [{"name": "TZ", "value": "UTC"}]},
+    "operator": {"secretPropagation": "2m", "servedCheckInterval": "10s", "servedCheckIdleInterval": "15m",
+                 "jwksServerReloadTime": "30s", "verbose": True, "extraEnv": [{"name": "TZ", "value": "UTC"}]},
     "peering": {"enabled": True, "name": "signing-keys"},
     "podAnnotations": {"example.com/team": "platform"},
     "podLabels": {"example.com/tier": "control"},
@@ -349,6 +350,15 @@ def test_defaults_are_restricted_single_replica_cluster_wide_and_without_peering
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
     }
     assert find(objects, "ValidatingAdmissionPolicy") and find(objects, "ValidatingAdmissionPolicyBinding")
+
+
+def test_operator_settings_become_its_flags(tmp_path):
+    objects = render("-f", values_file(tmp_path, {"operator": CUSTOM_VALUES["operator"]}))
+    (deploy,) = find(objects, "Deployment")
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    for flag in ("--secret-propagation=2m", "--served-check-interval=10s", "--served-check-idle-interval=15m",
+                 "--jwks-server-reload-time=30s", "--verbose"):
+        assert flag in args, args
 
 
 def test_a_namespace_list_grants_roles_in_those_namespaces_only():
