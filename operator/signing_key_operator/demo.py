@@ -2,8 +2,9 @@
 
 Starts the dev control plane, installs the CRD, runs the operator and the JWKS sidecar in the
 background, applies a policy with a fast timeline, prints the JWKS URL, then requests one
-rotation and narrates it as a verifier sees it: the new key is served first, and signs only
-publishAhead later. `dev-cluster down` stops everything it started.
+rotation and narrates it as a verifier sees it: the new key is served first, the operator reads
+it back from the sidecar (``spec.jwks.servedAt``), and it signs only publishAhead after it was
+seen served. `dev-cluster down` stops everything it started.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from .devcluster.cluster import DevCluster
 from .devcluster.crd import CRD_DIR, install_crds
+from .k8s.objects import parse_time
 from .revoke_cli import revoke
 from .verify import RevokedToken, Verifier
 
@@ -136,7 +138,7 @@ def run_demo(directory: Path) -> int:
     _start_background(cluster, "operator", [
         sys.executable, "-m", "signing_key_operator", "run", "--kubeconfig", kubeconfig,
         "--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1", "--health-port", "0",
-        "--secret-propagation", "5s",
+        "--secret-propagation", "5s", "--served-check-interval", "1s",
     ])
 
     try:
@@ -144,9 +146,13 @@ def run_demo(directory: Path) -> int:
     except ApiException as error:
         if error.status != 409:
             raise
+    url = f"http://127.0.0.1:{sidecar_port}/.well-known/jwks.json"
+    # The operator reads the set back where verifiers fetch it, and a new key's publishAhead
+    # starts only once it is served there.
+    spec = {**DEMO_SPEC, "jwks": {**DEMO_SPEC["jwks"], "servedAt": [url]}}
     policy = {"apiVersion": "signingkeys.dev/v1alpha1", "kind": "SigningKeyPolicy",
-              "metadata": {"name": DEMO_POLICY, "namespace": DEMO_NAMESPACE}, "spec": DEMO_SPEC}
-    _say(f"applying SigningKeyPolicy {DEMO_NAMESPACE}/{DEMO_POLICY}: {json.dumps(DEMO_SPEC)}")
+              "metadata": {"name": DEMO_POLICY, "namespace": DEMO_NAMESPACE}, "spec": spec}
+    _say(f"applying SigningKeyPolicy {DEMO_NAMESPACE}/{DEMO_POLICY}: {json.dumps(spec)}")
     try:
         objects.create_namespaced_custom_object("signingkeys.dev", "v1alpha1", DEMO_NAMESPACE, "signingkeypolicies", policy)
     except ApiException as error:
@@ -160,7 +166,6 @@ def run_demo(directory: Path) -> int:
     active = _wait(ready, 60, "the policy to be Ready")
     _say(f"policy Ready; active kid {active}")
 
-    url = f"http://127.0.0.1:{sidecar_port}/.well-known/jwks.json"
     _say(f"starting the JWKS sidecar (watch mode, log: {cluster.logs / 'sidecar.log'})")
     _start_background(cluster, "sidecar", [
         sys.executable, "-m", "signing_key_operator", "serve", "--configmap", f"{DEMO_NAMESPACE}/{DEMO_POLICY}-jwks",
@@ -178,6 +183,17 @@ def run_demo(directory: Path) -> int:
     kids = _wait(lambda: (lambda served: served[0] if len(served[0]) > len(kids) else None)(_served(url)), 30, "the new key to be served")
     new_kid = next(kid for kid in kids if kid != active)
     _say(f"+{time.monotonic() - requested:.1f}s new key {new_kid} is served (published, not signing yet): kids {kids}")
+
+    def first_served() -> dict | None:
+        # The key Secret's record, not status: status shows whole seconds.
+        secrets = core.list_namespaced_secret(DEMO_NAMESPACE, label_selector=f"signingkeys.dev/policy={DEMO_POLICY},signingkeys.dev/component=key").items
+        record = next((s.metadata.annotations for s in secrets if s.metadata.annotations.get("signingkeys.dev/kid") == new_kid), {})
+        return record if record.get("signingkeys.dev/first-served") else None
+
+    record = _wait(first_served, 30, "the operator to see the new key served")
+    seen_after = (parse_time(record["signingkeys.dev/first-served"]) - parse_time(record["signingkeys.dev/created"])).total_seconds()
+    _say(f"+{time.monotonic() - requested:.1f}s the operator read it back from {url}: seen served {seen_after:.1f}s after it was "
+         f"published (first-served on its key Secret); it signs publishAhead ({DEMO_SPEC['rotation']['publishAhead']}) after that")
 
     def signing_secret() -> dict[str, str]:
         secret = core.read_namespaced_secret(f"{DEMO_POLICY}-signing", DEMO_NAMESPACE)
