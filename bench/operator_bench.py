@@ -4,6 +4,7 @@
     .venv/bin/python bench/operator_bench.py writes    # API writes per rotation step, per idle policy-hour
     .venv/bin/python bench/operator_bench.py scale     # N policies: time until all Ready, operator RSS
     .venv/bin/python bench/operator_bench.py rsa       # N RSA-4096 policies: reconciles per second, /healthz stalls
+    .venv/bin/python bench/operator_bench.py served    # spec.jwks.servedAt checks: GETs and API writes per idle policy-hour
 
 Each run starts its own dev control plane in a temporary folder and an operator process (the
 same `signing-key-operator run` users run), and stops both at the end.
@@ -327,6 +328,52 @@ def rsa(count: int, seconds: int, pokers: int) -> None:
             restarted.stop()
 
 
+def served(count: int, minutes: float) -> None:
+    """Idle policies whose servedAt URL agrees, with the operator's default check intervals:
+    what the read-back costs the JWKS server (GETs, counted at the endpoint) and the API (writes)."""
+    from tests.conformance.driver import Sidecar
+    from tests.served_endpoint import LaggingEndpoint
+
+    with environment(["--secret-propagation", "2s"]) as (cluster, api, operator):
+        policies = Policies(api, "bench")
+        log_dir = Path(tempfile.mkdtemp(prefix="sko-bench-served-"))
+        serving = []
+        try:
+            for index in range(count):
+                sidecar = Sidecar(cluster.kubeconfig, "bench", f"idle-{index}-jwks", log_dir / f"sidecar-{index}.log")
+                endpoint = LaggingEndpoint(sidecar.url, poll=1.0).start()
+                serving.append((sidecar, endpoint))
+                policies.create(f"idle-{index}", {"jwks": {"servedAt": [endpoint.url]}})
+            for index in range(count):
+                wait_until(lambda: any(c["type"] == "JWKSServed" and c["status"] == "True"
+                                       for c in (policies.get(f"idle-{index}").get("status") or {}).get("conditions") or []),
+                           120, f"idle-{index} JWKSServed", interval=0.5)
+            time.sleep(10)  # the last status writes land
+            writes_before = _writes(operator)
+            versions = {f"idle-{i}": policies.get(f"idle-{i}")["metadata"]["resourceVersion"] for i in range(count)}
+            requests_before = [endpoint.requests for _, endpoint in serving]
+            started = time.monotonic()
+            time.sleep(minutes * 60)
+            hours = (time.monotonic() - started) / 3600
+            requests = [endpoint.requests - before for (_, endpoint), before in zip(serving, requests_before)]
+            writes = _writes(operator) - writes_before
+            unchanged = sum(policies.get(name)["metadata"]["resourceVersion"] == version for name, version in versions.items())
+            print(f"served: {count} idle policies, one servedAt URL each, default check intervals, {hours * 60:.1f} min")
+            print(f"  GETs per policy-hour at its URL: p50 {statistics.median(requests) / hours:.1f}, "
+                  f"max {max(requests) / hours:.1f} (total {sum(requests)})")
+            print(f"  API writes: {writes:.0f} in all ({writes / count / hours:.2f} per idle policy-hour); "
+                  f"{unchanged}/{count} policies kept their resourceVersion")
+        finally:
+            for sidecar, endpoint in serving:
+                endpoint.stop()
+                sidecar.stop()
+
+
+def _writes(operator: OperatorProcess) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in operator.metrics().splitlines()
+               if line.startswith("signing_key_operator_api_writes_total{"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -339,11 +386,16 @@ def main() -> None:
     r.add_argument("--count", type=int, default=100)
     r.add_argument("--seconds", type=int, default=30)
     r.add_argument("--pokers", type=int, default=4)
+    v = sub.add_parser("served")
+    v.add_argument("--count", type=int, default=10)
+    v.add_argument("--minutes", type=float, default=30)
     args = parser.parse_args()
     if args.what == "latency":
         latency(args.runs)
     elif args.what == "writes":
         writes(args.idle_seconds, args.idle_policies)
+    elif args.what == "served":
+        served(args.count, args.minutes)
     elif args.what == "rsa":
         rsa(args.count, args.seconds, args.pokers)
     else:

@@ -70,6 +70,8 @@ class _Memory:
     the hold is reported (ActivationHeld) even though the check found nothing new."""
     news: tuple[Observation, ...] | None = None
     """What a check between reconciles found new, for the reconcile it wakes."""
+    failed_checks: int = 0
+    """Checks in a row that found a URL unreadable: they back off."""
     grace: timedelta = timedelta(0)
     """How long a URL may lag before it is an alarm: the JWKS server's reload time + jwks.maxAge."""
 
@@ -162,11 +164,14 @@ class ServedReadBack:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             # No proxy from the environment and no cookies: a check must not depend on how the
-            # operator's pod is set up, and nothing it is answered may change the next one.
+            # operator's pod is set up, and nothing it is answered may change the next one. A new
+            # connection per check: behind a Service, a kept-alive connection stays pinned to one
+            # pod (conntrack), so a stale replica, or the old pod of a rollout, would be all the
+            # checks ever saw, or never seen; a fresh one lets kube-proxy pick again each time.
             self._session = aiohttp.ClientSession(
                 trust_env=False, cookie_jar=aiohttp.DummyCookieJar(),
                 headers={"User-Agent": USER_AGENT, "Accept": "application/json, application/jwk-set+json"},
-                connector=aiohttp.TCPConnector(limit=self.settings.served_check_connections),
+                connector=aiohttp.TCPConnector(limit=self.settings.served_check_connections, force_close=True),
             )
         return self._session
 
@@ -303,11 +308,18 @@ class ServedReadBack:
         return events
 
     def _next_check(self, memory: _Memory, verdicts: Sequence[UrlVerdict], now: datetime) -> datetime:
-        waiting_to_be_seen = memory.view is not None and memory.view.next_kid is not None and memory.view.next_first_served is None
-        pending = any(
-            not v.in_sync and (v.reason not in (UNREACHABLE, INVALID_DOCUMENT) or waiting_to_be_seen) for v in verdicts
-        )
-        return now + (self.settings.served_check_interval if pending else self.settings.served_check_idle_interval)
+        """Often while a URL lags (a key on its way in or out), backing off while one cannot be
+        read (a JWKS server not up yet, an outage), rarely once every URL agrees."""
+        settings = self.settings
+        failing = any(v.reason in (UNREACHABLE, INVALID_DOCUMENT) for v in verdicts)
+        memory.failed_checks = memory.failed_checks + 1 if failing else 0
+        if any(not v.in_sync and v.reason not in (UNREACHABLE, INVALID_DOCUMENT) for v in verdicts):
+            interval = settings.served_check_interval
+        elif failing:
+            interval = min(settings.served_check_interval * 2 ** min(memory.failed_checks - 1, 16), settings.served_check_error_max_interval)
+        else:
+            interval = settings.served_check_idle_interval
+        return now + interval
 
     def forget(self, uid: str) -> None:
         self._memory.pop(uid, None)

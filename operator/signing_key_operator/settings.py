@@ -92,6 +92,11 @@ class OperatorSettings:
     expected to change, but often enough that an endpoint that starts lying (a cache
     misconfigured, a stale replica) is reported within minutes. 12 GETs per URL per hour."""
 
+    served_check_error_max_interval: timedelta = timedelta(minutes=1)
+    """While a URL cannot be read (its JWKS server not up yet, an outage), checks back off from
+    the pending interval, doubling, to this: a dead endpoint costs a GET a minute, and one that
+    comes back is seen (and a waiting key's publishAhead starts) within a minute."""
+
     served_check_timeout: timedelta = timedelta(seconds=5)
     """Longest a check of one URL may take, redirects and body included: verifiers' HTTP
     clients give up about then, and a URL that slow is reported as unreachable."""

@@ -371,3 +371,14 @@ spec:
     applied = kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=example)
     assert applied.returncode == 0, applied.stderr
     assert "signingkeypolicy.signingkeys.dev/api-tokens created" in applied.stdout
+
+
+def test_the_policy_examples_are_accepted_by_the_api_server(crd, namespace, kubeconfig):
+    """examples/*.yaml, as users copy them: a server-side dry run (schema, CEL rules, defaults)."""
+    from .harness import REPO
+
+    examples = sorted((REPO / "examples").glob("*.yaml"))
+    assert len(examples) >= 3
+    applied = kubectl(kubeconfig, "apply", "--dry-run=server", "-n", namespace, *[arg for path in examples for arg in ("-f", str(path))])
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.count("(server dry run)") == len(examples), applied.stdout

@@ -10,9 +10,12 @@ also works on its own.
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
+
+from signing_key_operator.k8s.objects import parse_time
 
 from tests.integration.harness import wait_until
 
@@ -112,6 +115,57 @@ def test_the_jwks_served_through_the_service_follows_a_rotation_and_a_revoke_kid
     assert release.keys_by_state().get(kid, "removed") in ("revoked", "removed")
     fresh = wait_until(lambda: (lambda k: k if k != kid else None)(release.signing_kid()), 60, "a fresh key to sign")
     wait_served(url, lambda kids: fresh in kids, timeout, f"the fresh key {fresh} served")
+
+
+@pytest.mark.parametrize("mode", ["watch", "file"])
+def test_the_operator_pod_reads_the_set_back_through_the_service_before_a_key_signs(release, kube, mode):
+    """spec.jwks.servedAt names the JWKS Service's ClusterIP URL: the operator, in its pod, checks
+    it through kube-proxy as a verifier pod would, and the new key's publishAhead starts only once
+    the Service serves it (in file mode, once the kubelet has delivered the ConfigMap volume)."""
+    release.configure(**{"jwksServer.mode": mode, "operator.servedCheckInterval": "1s"})
+    release.wait_ready()
+    url = release.jwks_url
+    timeout = FILE_MODE_TIMEOUT if mode == "file" else 30
+    kube.kubectl("patch", "-n", NAMESPACE, "signingkeypolicy", POLICY, "--type=merge",
+                 "-p", json.dumps({"spec": {"jwks": {"servedAt": [url]}}}))
+    try:
+        wait_until(lambda: _condition(release, "JWKSServed") == ("True", "Served"), timeout, "JWKSServed True", interval=0.5)
+        kid = release.rotate()
+        _, seconds = wait_served(url, lambda kids: kid in kids, timeout, f"{kid} served through the Service ({mode} mode)")
+        record = wait_until(lambda: (lambda a: a if a.get("signingkeys.dev/activated") else None)(_annotations(release, kid)),
+                            timeout + 30, f"{kid} to sign", interval=0.5)
+        created, first_served, activated = (parse_time(record[f"signingkeys.dev/{field}"]) for field in ("created", "first-served", "activated"))
+        seen = (first_served - created).total_seconds()
+        print(f"[{mode}] {kid}: served through the Service {seconds:.1f}s after it was written (test's poll), "
+              f"seen by the operator's pod after {seen:.1f}s, signing {(activated - first_served).total_seconds():.1f}s after that")
+        # Not before the Service served it (the test polls every 0.2 s, the operator every 1 s)...
+        assert seen >= seconds - 1.5, (seen, seconds, kube.kubectl("get", "pods,endpointslices", "-n", NAMESPACE, "-o", "wide"),
+                                       [line for line in release.operator_logs().splitlines() if "Served" in line or "Held" in line][-6:])
+        # ...and publishAhead (5 s) after it was seen, however late that was.
+        assert (activated - first_served).total_seconds() >= 5
+        held = "ActivationHeld" in _event_reasons(kube)
+        if seen > 7:  # served after it would have signed without the read-back: the hold was reported
+            assert held
+        elif mode == "watch":
+            assert not held
+    finally:
+        kube.kubectl("patch", "-n", NAMESPACE, "signingkeypolicy", POLICY, "--type=merge", "-p", '{"spec":{"jwks":{"servedAt":null}}}')
+
+
+def _condition(release: Release, kind: str) -> tuple[str, str] | None:
+    for condition in release.policy().get("status", {}).get("conditions", []):
+        if condition["type"] == kind:
+            return condition["status"], condition["reason"]
+    return None
+
+
+def _annotations(release: Release, kid: str) -> dict[str, str]:
+    return next((s["metadata"]["annotations"] for s in release.key_secrets() if s["metadata"]["annotations"]["signingkeys.dev/kid"] == kid), {})
+
+
+def _event_reasons(kube: Kube) -> list[str]:
+    events = kube.json("get", "events", "-n", NAMESPACE, "--field-selector", f"involvedObject.name={POLICY}")["items"]
+    return [event["reason"] for event in events]
 
 
 def test_deleting_the_operator_pod_mid_rotation_converges_and_keeps_the_invariants(release, kube):
