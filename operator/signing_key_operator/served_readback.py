@@ -209,7 +209,8 @@ class ServedReadBack:
         memory = self._memory.setdefault(metadata["uid"], _Memory())
         now = self.clock()
         memory.grace = self.settings.jwks_server_reload_time + spec.jwks_max_age
-        memory.hold_due = hold_due if hold_due is not None and not held else None
+        waiting = _view(records).next_kid
+        memory.hold_due = hold_due if hold_due is not None and not held and waiting not in memory.held_warned else None
         self._remember_view(memory, _view(records), now)
         verdicts = self._judge(memory, observations, now)
         events = self._events(memory, observations, verdicts, held, now)
@@ -243,13 +244,10 @@ class ServedReadBack:
         before = memory.view
         if before is None or before.published != view.published:
             memory.published_since = now
+            # A kid that leaves counts as "still served" from now, at every URL that serves it.
             left = set(before.published) - set(view.published) if before is not None else set()
-            for extras in memory.extra_since.values():
-                for kid in left:
-                    extras[kid] = now
-            if before is not None:
-                for url, _ in list(memory.observations.items()):
-                    memory.extra_since.setdefault(url, {}).update({kid: now for kid in left})
+            for url in set(memory.extra_since) | set(memory.observations):
+                memory.extra_since.setdefault(url, {}).update({kid: now for kid in left})
         memory.view = view
 
     def _judge(self, memory: _Memory, observations: Sequence[Observation], now: datetime) -> list[UrlVerdict]:
@@ -296,8 +294,8 @@ class ServedReadBack:
             if observation.kids is None or previous is None:
                 continue
             for kid, revoked in memory.view.revoked.items():
-                seen_after = previous.kids is not None and kid in previous.kids
-                if kid in observation.kids or not (seen_after or previous.checked < revoked):
+                # Served at the last check, gone at this one (a kid never served here is not news).
+                if kid in observation.kids or previous.kids is None or kid not in previous.kids:
                     continue
                 memory.revoked_gone[observation.url] = (kid, revoked, observation.checked)
                 seconds = max(0, int((observation.checked - revoked).total_seconds()))

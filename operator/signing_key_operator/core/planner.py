@@ -226,8 +226,8 @@ class Plan:
     """Kids that would sign by now were the JWKS read back from where it is written, but wait
     until every ``spec.jwks.servedAt`` URL serves them (and publishAhead more)."""
     due_without_read_back: datetime | None = None
-    """With servedAt: when the next key would sign were the ConfigMap write its publication
-    (from then on it is held until served, see ``activation_held``)."""
+    """With servedAt, for a next key not seen served yet: when it would sign were the ConfigMap
+    write its publication (from then on it is held until served, see ``activation_held``)."""
     previous: tuple[KeyRecord, ...] = field(default=(), repr=False)
 
     @property
@@ -603,7 +603,7 @@ class _Step:
 
     def due_without_read_back(self) -> datetime | None:
         waiting, active = self.next_key, self.active
-        if self.served_kids is None or waiting is None or active is None:
+        if self.served_kids is None or waiting is None or active is None or waiting.first_served is not None:
             return None
         return self.activation_due(waiting, active, start=waiting.created)
 
