@@ -115,7 +115,10 @@ class OperatorMetrics:
                 series[key] = value.timestamp()
 
     def observe_served(self, namespace: str, policy: str, lagging_since: dict[str, datetime], urls: list[str]) -> None:
-        self._keys.served[(namespace, policy)] = ({url: when.timestamp() for url, when in lagging_since.items()}, urls)
+        if urls:
+            self._keys.served[(namespace, policy)] = ({url: when.timestamp() for url, when in lagging_since.items()}, urls)
+        else:
+            self._keys.served.pop((namespace, policy), None)
 
     def observe_revocations(self, namespace: str, policy: str, in_force: int, unpublished: int) -> None:
         self._keys.revocations[(namespace, policy)] = (in_force, unpublished)

@@ -276,6 +276,9 @@ class Reconciler:
             served = self.served.report(policy, spec, decision.keys, observations, decision.activation_held, decision.due_without_read_back)
             outcome.events.extend(served.events)
             outcome.next_check = served.next_check
+        else:
+            self.served.forget(metadata["uid"])
+            self.metrics.observe_served(namespace, name, {}, [])
         await self._patch_status(policy, spec, list(decision.keys), outcome, revocations, served=served, held=decision.activation_held)
 
     async def check_served(self, policy: dict[str, Any]) -> tuple[bool, datetime | None]:

@@ -246,6 +246,7 @@ def test_unreachable_and_lying_endpoints_are_reported_and_change_nothing_else(se
     wait_until(lambda: _status(served, "faults")["activeKid"] == waiting, 30, "the next key to sign once servedAt is gone")
     assert "servedAt" not in _status(served, "faults")
     assert _condition(served, "faults", "JWKSServed") == {}
+    assert _metric(served_operator, "signing_key_operator_jwks_served_lag_seconds", policy="faults") is None
 
 
 def test_https_endpoints_are_verified_against_the_ca_bundle(served, serving, served_namespace, tmp_path):
