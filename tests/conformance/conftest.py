@@ -2,8 +2,9 @@
 and the run summary.
 
 The suite runs its own operator (``--namespace conf-<hex>``, ``--secret-propagation`` to match
-the simulated kubelet lag) on a namespace outside the session operator's ``t-*`` pattern, so
-no other operator acts on its policies and its metrics are its own.
+the simulated kubelet lag, the served-JWKS read-back flags of gate.py scaled to the timeline) on
+a namespace outside the session operator's ``t-*`` pattern, so no other operator acts on its
+policies and its metrics are its own.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from tests.integration.conftest import signingkeypolicy_crd  # noqa: F401 - fixt
 from tests.integration.harness import OperatorProcess, Policies
 
 from .clients import cache_root, missing_builds
+from .gate import OPERATOR_ARGS as SERVED_CHECK_ARGS
+from .gate import format_table as format_served_gate
 from .timeline import SECRET_PROPAGATION
 
 
@@ -53,7 +56,7 @@ def conformance_operator(kubeconfig, conformance_namespace, tmp_path_factory):
     process = OperatorProcess(
         kubeconfig,
         tmp_path_factory.mktemp("conformance-operator") / "operator.log",
-        extra_args=["--namespace", conformance_namespace, "--secret-propagation", SECRET_PROPAGATION],
+        extra_args=["--namespace", conformance_namespace, "--secret-propagation", SECRET_PROPAGATION, *SERVED_CHECK_ARGS],
     ).start()
     yield process
     process.stop()
@@ -111,6 +114,10 @@ def format_summary(data: dict) -> str:
             )
             for name, figures in rotation["clients"].items():
                 lines.append(f"  {name}: {figures.get('revoke_reaction_s')} s: {figures.get('revoke_explanation')}")
+    served_gate = data.get("served_gate")
+    if served_gate:
+        lines.append("")
+        lines.append(format_served_gate(served_gate))
     matrix = data.get("matrix_markdown")
     if matrix:
         lines.append("")
