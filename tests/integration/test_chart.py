@@ -503,7 +503,7 @@ class TestClusterWideRelease:
         kubectl(kubeconfig, "wait", "-n", ns, "--for=condition=Ready", "skp/api", "--timeout=30s")
 
         listed = kubectl(kubeconfig, "get", "skp", "-n", ns).stdout.splitlines()
-        assert re.split(r"\s{2,}", listed[0].strip()) == ["NAME", "ALGORITHM", "ACTIVE KID", "NEXT ROTATION", "READY", "AGE"]
+        assert re.split(r"\s{2,}", listed[0].strip()) == ["NAME", "ALGORITHM", "ACTIVE KID", "NEXT ROTATION", "READY", "SERVED", "AGE"]
         first = release_policies.get("api")["status"]["activeKid"]
         row = next(line for line in listed if line.startswith("api "))
         assert "ES256" in row and first in row and "True" in row

@@ -236,6 +236,15 @@ STATUS = {
     "conditions": [
         {"type": "Ready", "status": "True", "reason": "KeysPublished", "message": "kid-active signs",
          "lastTransitionTime": "2029-12-01T01:00:00Z", "observedGeneration": 1},
+        {"type": "JWKSServed", "status": "False", "reason": "NextKeyNotServed", "message": "kid-next not yet served",
+         "lastTransitionTime": "2030-01-02T02:04:06Z", "observedGeneration": 1},
+    ],
+    "servedAt": [
+        {"url": "https://jwks.example.test/.well-known/jwks.json", "kids": ["kid-old", "kid-active"], "etag": '"abc"',
+         "observedAt": "2030-01-02T02:04:06Z",
+         "revokedKid": {"kid": "kid-leaked", "revoked": "2029-11-15T00:00:00Z", "goneBy": "2029-11-15T00:00:41Z", "servedForSeconds": 41}},
+        {"url": "http://jwks.jwks.svc/.well-known/jwks.json", "lastError": "answered HTTP 503 Service Unavailable",
+         "observedAt": "2030-01-02T02:04:06Z"},
     ],
 }
 
@@ -300,6 +309,7 @@ def test_crd_declares_the_printer_columns(crd, api_client):
         # not "date": a date column prints a timestamp's age, and "<invalid>" for a future time
         ("Next Rotation", "string", ".status.nextRotationTime"),
         ("Ready", "string", '.status.conditions[?(@.type=="Ready")].status'),
+        ("Served", "string", '.status.conditions[?(@.type=="JWKSServed")].status'),
         ("Age", "date", ".metadata.creationTimestamp"),
     ]
     assert stored.spec.names.short_names == ["skp"]
@@ -314,9 +324,9 @@ def test_kubectl_shows_the_columns_and_waits_for_ready(objects, namespace, kubec
     listed = kubectl(kubeconfig, "get", "skp", "-n", namespace)
     assert listed.returncode == 0, listed.stderr
     header, row = listed.stdout.splitlines()
-    assert header.split() == ["NAME", "ALGORITHM", "ACTIVE", "KID", "NEXT", "ROTATION", "READY", "AGE"]
+    assert header.split() == ["NAME", "ALGORITHM", "ACTIVE", "KID", "NEXT", "ROTATION", "READY", "SERVED", "AGE"]
     assert row.split()[:4] == ["shown", "RS384", "kid-active", "2030-01-02T03:04:05Z"]  # the time, not "<invalid>"
-    assert row.split()[4] == "True"
+    assert row.split()[4:6] == ["True", "False"]
 
     by_category = kubectl(kubeconfig, "get", "signingkeys", "-n", namespace, "-o", "name")
     assert by_category.stdout.split() == [f"signingkeypolicy.{GROUP}/shown"], by_category.stderr
@@ -372,13 +382,3 @@ spec:
     assert applied.returncode == 0, applied.stderr
     assert "signingkeypolicy.signingkeys.dev/api-tokens created" in applied.stdout
 
-
-def test_the_policy_examples_are_accepted_by_the_api_server(crd, namespace, kubeconfig):
-    """examples/*.yaml, as users copy them: a server-side dry run (schema, CEL rules, defaults)."""
-    from .harness import REPO
-
-    examples = sorted((REPO / "examples").glob("*.yaml"))
-    assert len(examples) >= 3
-    applied = kubectl(kubeconfig, "apply", "--dry-run=server", "-n", namespace, *[arg for path in examples for arg in ("-f", str(path))])
-    assert applied.returncode == 0, applied.stderr
-    assert applied.stdout.count("(server dry run)") == len(examples), applied.stdout
