@@ -32,7 +32,7 @@ import aiohttp
 from .core.jwks import InvalidJwkSet, parse_jwk_set
 from .core.planner import KeyRecord, KeyState, PlanEvent
 from .core.served import (
-    INVALID_DOCUMENT, NEXT_KEY_NOT_SERVED, SERVED, UNREACHABLE, Observation, PublishedView, UrlVerdict, judge_url,
+    INVALID_DOCUMENT, SERVED, UNREACHABLE, Observation, PublishedView, UrlVerdict, judge_url,
     served_condition,
 )
 from .core.spec import PolicySpec
