@@ -349,14 +349,14 @@ def served(count: int, minutes: float) -> None:
                                        for c in (policies.get(f"idle-{index}").get("status") or {}).get("conditions") or []),
                            120, f"idle-{index} JWKSServed", interval=0.5)
             time.sleep(10)  # the last status writes land
-            writes_before = _writes(operator)
+            writes_before = _total(_writes(operator))
             versions = {f"idle-{i}": policies.get(f"idle-{i}")["metadata"]["resourceVersion"] for i in range(count)}
             requests_before = [endpoint.requests for _, endpoint in serving]
             started = time.monotonic()
             time.sleep(minutes * 60)
             hours = (time.monotonic() - started) / 3600
             requests = [endpoint.requests - before for (_, endpoint), before in zip(serving, requests_before)]
-            writes = _writes(operator) - writes_before
+            writes = _total(_writes(operator)) - writes_before
             unchanged = sum(policies.get(name)["metadata"]["resourceVersion"] == version for name, version in versions.items())
             print(f"served: {count} idle policies, one servedAt URL each, default check intervals, {hours * 60:.1f} min")
             print(f"  GETs per policy-hour at its URL: p50 {statistics.median(requests) / hours:.1f}, "
@@ -367,11 +367,6 @@ def served(count: int, minutes: float) -> None:
             for sidecar, endpoint in serving:
                 endpoint.stop()
                 sidecar.stop()
-
-
-def _writes(operator: OperatorProcess) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in operator.metrics().splitlines()
-               if line.startswith("signing_key_operator_api_writes_total{"))
 
 
 def main() -> None:
