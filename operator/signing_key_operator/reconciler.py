@@ -57,7 +57,7 @@ from .core.keys import KeyMaterial, generate_key
 from .core.planner import (
     REVOKE_ANNOTATION, ROTATE_ANNOTATION, KeyRecord, KeyState, Plan, PlanEvent, Requests, key_secret_name, plan,
 )
-from .core.served import served_everywhere
+from .core.served import bounded, served_everywhere
 from .core.spec import PolicySpec, SpecError, timeline_warnings
 from .k8s import objects
 from .k8s.api import CONFIGMAPS, POLICIES, SECRETS, ApiError, KubeApi
@@ -457,7 +457,7 @@ class Reconciler:
             degraded = ("False", "AsExpected", "all key Secrets are readable")
             overdue = self.clock() - active.activated - spec.rotation_interval if active and active.activated else None
             if served is not None and served.alarms:
-                degraded = ("True", "JWKSNotServed", _bounded("; ".join(served.alarms)))
+                degraded = ("True", "JWKSNotServed", bounded("; ".join(served.alarms), 4096))
             elif held and overdue is not None and overdue > timedelta(0):
                 degraded = (
                     "True", "RotationOverdue",
@@ -494,10 +494,6 @@ class Reconciler:
             outcome, "SigningKeyPolicy",
             self.api.merge_patch(POLICIES, metadata["namespace"], metadata["name"], {"status": status}, subresource="status"),
         )
-
-
-def _bounded(message: str, limit: int = 4096) -> str:
-    return message if len(message) <= limit else message[: limit - 1] + "…"
 
 
 def _requests(policy: dict[str, Any]) -> Requests:

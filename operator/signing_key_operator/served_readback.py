@@ -32,7 +32,7 @@ import aiohttp
 from .core.jwks import InvalidJwkSet, parse_jwk_set
 from .core.planner import KeyRecord, KeyState, PlanEvent
 from .core.served import (
-    INVALID_DOCUMENT, SERVED, UNREACHABLE, Observation, PublishedView, UrlVerdict, judge_url,
+    INVALID_DOCUMENT, SERVED, UNREACHABLE, bounded, Observation, PublishedView, UrlVerdict, judge_url,
     served_condition,
 )
 from .core.spec import PolicySpec
@@ -370,4 +370,4 @@ def _status_entry(
 
 
 def _bounded(text: str) -> str:
-    return text if len(text) <= _ERROR_LIMIT else text[: _ERROR_LIMIT - 1] + "…"
+    return bounded(text, _ERROR_LIMIT)

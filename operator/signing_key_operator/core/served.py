@@ -35,6 +35,7 @@ __all__ = [
     "SERVED",
     "UNREACHABLE",
     "UrlVerdict",
+    "bounded",
     "judge_url",
     "served_condition",
     "served_everywhere",
@@ -167,10 +168,12 @@ def served_condition(verdicts: Sequence[UrlVerdict]) -> tuple[str, str, str]:
     if not lagging:
         count = len(verdicts)
         return "True", SERVED, f"{'the' if count == 1 else 'every one of the'} {count} servedAt URL{'s' if count != 1 else ''} serve{'s' if count == 1 else ''} the published set"
-    message = "; ".join(v.message for v in lagging)
-    if len(message) > MESSAGE_LIMIT:
-        message = message[: MESSAGE_LIMIT - 1] + "…"
-    return "False", lagging[0].reason, message
+    return "False", lagging[0].reason, bounded("; ".join(v.message for v in lagging), MESSAGE_LIMIT)
+
+
+def bounded(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, an ellipsis marking the cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _for(elapsed: timedelta, grace: timedelta) -> str:
