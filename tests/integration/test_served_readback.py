@@ -36,13 +36,18 @@ GRACE_S = RELOAD_S + 2  # --jwks-server-reload-time + jwks.maxAge
 OPERATOR_ARGS = ["--served-check-interval", "0.3s", "--served-check-idle-interval", "2s", "--jwks-server-reload-time", f"{RELOAD_S}s"]
 
 
-@pytest.fixture(scope="module")
-def served_namespace(api_client, signingkeypolicy_crd):
-    name = f"served-{uuid.uuid4().hex[:8]}"
+def _fresh_namespace(api_client, prefix: str):
+    """A namespace outside the session operator's `t-*`, deleted afterwards."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     core = client.CoreV1Api(api_client)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture(scope="module")
+def served_namespace(api_client, signingkeypolicy_crd):
+    yield from _fresh_namespace(api_client, "served")
 
 
 @pytest.fixture(scope="module")
@@ -306,11 +311,7 @@ def test_an_idle_policy_whose_endpoints_agree_makes_no_api_writes(served, servin
 @pytest.fixture
 def own_namespace(api_client, signingkeypolicy_crd):
     """A namespace the module's operator does not watch, for a test that kills its operator."""
-    name = f"served-own-{uuid.uuid4().hex[:8]}"
-    core = client.CoreV1Api(api_client)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    yield name
-    core.delete_namespace(name)
+    yield from _fresh_namespace(api_client, "served-own")
 
 
 def test_a_restart_while_a_key_waits_keeps_when_it_was_first_served(kubeconfig, api_client, own_namespace, tmp_path):
