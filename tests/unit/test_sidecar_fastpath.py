@@ -21,6 +21,7 @@ from signing_key_operator.core.jwks import render_jwk_set
 from signing_key_operator.sidecar import fastpath
 from signing_key_operator.sidecar.app import LIFECYCLE, STATE, make_app
 from signing_key_operator.sidecar.fastpath import FastJwksSite
+from signing_key_operator.sidecar.metrics import MAX_CLIENT_LABELS
 from signing_key_operator.sidecar.settings import Settings
 
 JWKS = "/.well-known/jwks.json"
@@ -379,6 +380,41 @@ async def test_fast_path_counts_in_the_apps_metrics():
         (JWKS, "GET", "304"): 1,
         (JWKS, "HEAD", "304"): 1,
     }
+
+
+def _fetch_counts(app: web.Application) -> dict[str, float]:
+    return {
+        sample.labels["client"]: sample.value
+        for family in text_string_to_metric_families(_metrics_text(app))
+        for sample in family.samples
+        if sample.name == "signing_key_sidecar_jwks_fetches_total"
+    }
+
+
+async def test_jwks_fetches_are_counted_by_the_user_agents_product_on_both_paths():
+    sequence = (
+        req("GET", JWKS, "1.1", "User-Agent: Envoy/1.40.0") + req("GET", JWKS, "1.1", "User-Agent: Envoy/1.40.1")
+        + req("HEAD", JWKS, "1.1", "User-Agent: oauth2-proxy/v7.15.6", "If-None-Match: *")
+        + req("GET", "/jwks.json", "1.1", "User-Agent: Java/21.0.5") + req()
+        + req("GET", JWKS, "1.1", "User-Agent: (compatible; bot)")
+        + close("GET", "/metrics", "User-Agent: Envoy/1.40.0")  # not a JWKS fetch
+    )
+    counts = {}
+    for which in ("plain", "fast"):
+        async with servers() as s:
+            await exchange(getattr(s, which), sequence)
+            counts[which] = _fetch_counts(s.app)
+    assert counts["fast"] == counts["plain"] == {"Envoy": 2, "oauth2-proxy": 1, "Java": 1, "none": 1, "invalid": 1}
+
+
+async def test_random_user_agents_make_at_most_the_capped_number_of_fetch_series():
+    async with servers() as s:
+        agents = [f"client{n}/1.0" for n in range(MAX_CLIENT_LABELS + 20)]
+        for start in range(0, len(agents), 10):
+            await exchange(s.fast, b"".join(req("GET", JWKS, "1.1", f"User-Agent: {ua}") for ua in agents[start:start + 10]))
+        counts = _fetch_counts(s.app)
+    assert len(counts) == MAX_CLIENT_LABELS + 1
+    assert counts["other"] == 20 and sum(counts.values()) == len(agents)
 
 
 # ---------------------------------------------------------------- timeouts, backpressure, shutdown

@@ -277,6 +277,8 @@ class _Handlers:
         if snap is None:
             return self._not_loaded()
         not_modified, full = self.jwks_headers(snap)
+        user_agent = request.headers.get("User-Agent")
+        self.state.metrics.count_jwks_fetch(user_agent.encode("utf-8", "surrogateescape") if user_agent is not None else None)
         if_none_match = request.headers.get("If-None-Match")
         if if_none_match is not None and etag_matches(if_none_match, snap.etag):
             return web.Response(status=304, headers=not_modified)

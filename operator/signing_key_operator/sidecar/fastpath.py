@@ -164,6 +164,7 @@ class FastJwksProtocol(asyncio.Protocol):
         self.headers = 0
         self.seen: set[bytes] = set()
         self.if_none_match: str | None = None
+        self.user_agent: bytes | None = None
         self.host = False
         self.keep_alive = True
 
@@ -273,9 +274,10 @@ class FastJwksProtocol(asyncio.Protocol):
             return
         out = []
         close = False
-        for head, minor, keep_alive, path, if_none_match in self.done:
+        for head, minor, keep_alive, path, if_none_match, user_agent in self.done:
             modified = if_none_match is None or not etag_matches(if_none_match, snap.etag)
             out.append(owner.response(modified, head, minor, keep_alive, path))
+            owner.metrics.count_jwks_fetch(user_agent)
             if not keep_alive:
                 close = True  # as aiohttp: answer it, close, ignore what was pipelined after it
                 break
@@ -343,6 +345,8 @@ class FastJwksProtocol(asyncio.Protocol):
         self.seen.add(lname)
         if lname == b"host":
             self.host = True
+        elif lname == b"user-agent":
+            self.user_agent = value
         elif lname == b"if-none-match":
             # as aiohttp's parser reads a header value
             self.if_none_match = value.rstrip(b" \t").decode("utf-8", "surrogateescape")
@@ -375,6 +379,7 @@ class FastJwksProtocol(asyncio.Protocol):
                     self.keep_alive,
                     self.url,
                     self.if_none_match,
+                    self.user_agent,
                 )
             )
         self._reset_message()

@@ -4,17 +4,43 @@ A per-app :class:`~prometheus_client.CollectorRegistry` (never the process-globa
 apps independent: several apps in one test process, or the sidecar embedded next to the
 operator, never collide on metric names. Every label has a bounded set of values: ``path`` is
 the route template (``unmatched`` for anything else), ``reason`` a fixed code, ``kid`` a public
-RFC 7638 thumbprint of a key currently served (never key material, design invariant 5).
+RFC 7638 thumbprint of a key currently served (never key material, design invariant 5),
+``client`` the product token of a JWKS fetcher's User-Agent, bounded by
+:data:`MAX_CLIENT_LABELS` (see :func:`client_label`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 PREFIX = "signing_key_sidecar"
+
+MAX_CLIENT_LABELS = 32
+"""Distinct ``client`` values of the fetch counter; later ones count as ``other``. A dozen kinds
+of verifier fetch one set (libraries, gateways, probes); the User-Agent is the client's to
+choose, so without a cap a client sending random ones would make a series per request."""
+
+_MAX_CACHED_USER_AGENTS = 256
+"""User-Agent strings whose label is remembered (one lookup per fetch instead of a regex);
+beyond that the label is worked out on each request, so random User-Agents cost CPU, not memory."""
+
+_PRODUCT = re.compile(rb"\s*([A-Za-z0-9][A-Za-z0-9._+-]{0,47})(?:[/\s]|$)")
+
+
+def client_label(user_agent: bytes | None) -> str:
+    """The product token of a User-Agent (RFC 9110 §10.1.5: ``product/version comment``):
+    ``Envoy``, ``oauth2-proxy``, ``Go-http-client``, ``Java``, ``Python-urllib``... What a
+    verifier calls itself is what tells fetchers apart on one JWKS server; the version and the
+    comments are left out so that an upgrade does not make new series. ``none`` without a
+    User-Agent, ``invalid`` when it does not start with a token."""
+    if not user_agent:
+        return "none"
+    match = _PRODUCT.match(user_agent)
+    return match.group(1).decode("ascii") if match else "invalid"
 
 
 class SidecarMetrics:
@@ -27,6 +53,14 @@ class SidecarMetrics:
             f"{PREFIX}_http_requests",
             "HTTP requests served, by route, method and status code.",
             ["path", "method", "status"],
+            registry=r,
+        )
+        self.jwks_fetches = Counter(
+            f"{PREFIX}_jwks_fetches",
+            "JWK Set requests (GET and HEAD, answered 200 or 304), by the product token of the "
+            "client's User-Agent: how often each kind of verifier fetches. At most "
+            f"{MAX_CLIENT_LABELS} client values, then 'other'.",
+            ["client"],
             registry=r,
         )
         self.generation = Gauge(
@@ -107,6 +141,8 @@ class SidecarMetrics:
         )
         self._kids: set[str] = set()
         self._request_children: dict[tuple[str, str, int], Any] = {}
+        self._fetch_children: dict[str, Any] = {}
+        self._fetch_children_by_user_agent: dict[bytes | None, Any] = {}
 
     def request_counter(self, path: str, method: str, status: int) -> Any:
         """The ``http_requests`` child for these labels, cached: ``labels()`` takes a lock and
@@ -118,6 +154,20 @@ class SidecarMetrics:
         if child is None:
             child = self._request_children[key] = self.requests.labels(path=path, method=method, status=str(status))
         return child
+
+    def count_jwks_fetch(self, user_agent: bytes | None) -> None:
+        """One JWK Set answer to a client with this User-Agent (raw header bytes, or None)."""
+        child = self._fetch_children_by_user_agent.get(user_agent)
+        if child is None:
+            label = client_label(user_agent)
+            if label not in self._fetch_children and len(self._fetch_children) >= MAX_CLIENT_LABELS:
+                label = "other"
+            child = self._fetch_children.get(label)
+            if child is None:
+                child = self._fetch_children[label] = self.jwks_fetches.labels(client=label)
+            if len(self._fetch_children_by_user_agent) < _MAX_CACHED_USER_AGENTS:
+                self._fetch_children_by_user_agent[user_agent] = child
+        child.inc()
 
     def set_kids(self, kids: Iterable[str]) -> None:
         new = set(kids)
