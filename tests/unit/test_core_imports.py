@@ -134,8 +134,11 @@ def test_the_scanner_would_catch_a_forbidden_import():
 
 
 _MUTABLE_LITERALS = (ast.Dict, ast.List, ast.Set, ast.DictComp, ast.ListComp, ast.SetComp)
-# The lifecycle modules; jwks.py has its own owner and tests.
-LIFECYCLE_FILES = [CORE_DIR / f"{name}.py" for name in ("durations", "keys", "spec", "planner")]
+# The lifecycle modules and the client table their defaults come from; jwks.py has its own owner
+# and tests.
+LIFECYCLE_FILES = [
+    CORE_DIR / f"{name}.py" for name in ("durations", "keys", "spec", "planner", "verifier_clients")
+]
 
 
 @pytest.mark.parametrize("path", LIFECYCLE_FILES, ids=lambda path: path.name)

@@ -4,13 +4,13 @@ from datetime import timedelta
 import pytest
 
 from signing_key_operator.core.spec import (
-    CLIENT_JWKS_CACHES,
     DEFAULT_SECRET_PROPAGATION,
     PolicySpec,
     SpecError,
     SpecWarning,
     timeline_warnings,
 )
+from signing_key_operator.core.verifier_clients import VERIFIER_CLIENTS
 
 
 def test_defaults():
@@ -34,7 +34,7 @@ def test_defaults():
 
 def test_default_publish_ahead_covers_every_common_client_cache():
     spec = PolicySpec.from_resource("billing", {})
-    assert all(spec.publish_ahead >= cache.cache_time for cache in CLIENT_JWKS_CACHES)
+    assert all(spec.publish_ahead >= client.minimum_publish_ahead for client in VERIFIER_CLIENTS)
     assert timeline_warnings(spec) == ()
 
 
@@ -152,15 +152,30 @@ def test_publish_ahead_below_one_hour_warns_about_go_keyfunc():
     assert str(warning).startswith("spec.rotation.publishAhead: 30m is shorter than")
 
 
-def test_publish_ahead_of_four_minutes_warns_about_every_common_client():
+def test_publish_ahead_of_four_minutes_warns_about_every_library_and_gateway_that_caches():
+    """Seven clients, grouped by how long they need, longest first; oauth2-proxy (which
+    refetches on every failed verification) is not among them."""
     spec = PolicySpec.from_resource("billing", {"rotation": {"publishAhead": "4m"}})
     (warning,) = timeline_warnings(spec)
-    for client in ("PyJWT", "jose", "Nimbus", "Go keyfunc"):
-        assert client in warning.message
+    assert str(warning) == (
+        "spec.rotation.publishAhead: 4m is shorter than the JWKS cache of Go keyfunc (1h); "
+        "istiod (20m); Node jose createRemoteJWKSet and Envoy jwt_authn (10m); PyJWT PyJWKClient, "
+        "Nimbus JWKSourceBuilder and Spring NimbusJwtDecoder.withJwkSetUri (5m). With default "
+        "settings these verifiers may reject tokens signed by a new key (kid not found) until "
+        "they refresh."
+    )
+    assert "oauth2-proxy" not in warning.message
 
 
 def test_publish_ahead_equal_to_a_cache_time_does_not_warn_about_that_client():
     spec = PolicySpec.from_resource("billing", {"rotation": {"publishAhead": "10m"}})
     (warning,) = timeline_warnings(spec)
-    assert "Go keyfunc" in warning.message
-    assert "jose" not in warning.message
+    assert "Go keyfunc" in warning.message and "istiod" in warning.message
+    assert "jose" not in warning.message and "Envoy" not in warning.message
+
+
+def test_the_warning_names_the_gateways_too():
+    spec = PolicySpec.from_resource("billing", {"rotation": {"publishAhead": "6m"}})
+    (warning,) = timeline_warnings(spec)
+    assert "Envoy jwt_authn (10m)" in warning.message and "istiod (20m)" in warning.message
+    assert "PyJWT" not in warning.message

@@ -4,9 +4,11 @@
 says why it has its value. Errors name the CR field (``spec.rotation.publishAhead: ...``) so
 the user can fix the manifest from the event or condition alone.
 
-The timeline defaults come from how verifiers cache the JWKS. They cache on their own clock
-and mostly ignore Cache-Control (figures from their sources, see :data:`CLIENT_JWKS_CACHES`),
-so a key must be published longer than the longest of those caches before it signs.
+The timeline defaults come from what verifiers do with the JWKS. They cache on their own clock
+and mostly ignore Cache-Control (figures from their sources, see
+:data:`~.verifier_clients.VERIFIER_CLIENTS`), so a key must be published longer than the
+longest of those caches before it signs; and some accept a token a while past its exp, so its
+key must stay published the longest of those leeways longer.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from typing import Any
 
 from .durations import format_duration, parse_duration
 from .keys import ALGORITHMS, DEFAULT_RSA_KEY_SIZE, RSA_KEY_SIZES
+from .verifier_clients import VERIFIER_CLIENTS, VerifierClient
 
 __all__ = [
-    "CLIENT_JWKS_CACHES",
     "DEFAULT_ALGORITHM",
     "DEFAULT_CLOCK_SKEW",
     "DEFAULT_JWKS_MAX_AGE",
@@ -29,7 +31,6 @@ __all__ = [
     "DEFAULT_ROTATION_INTERVAL",
     "DEFAULT_SECRET_PROPAGATION",
     "DEFAULT_TOKEN_LIFETIME",
-    "ClientCache",
     "PolicySpec",
     "REVOCATION_BACKENDS",
     "RedisTarget",
@@ -40,33 +41,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class ClientCache:
-    client: str
-    cache_time: timedelta
-    note: str
-
-
-CLIENT_JWKS_CACHES = (
-    ClientCache("PyJWT PyJWKClient", timedelta(seconds=300), "lifespan=300 s"),
-    ClientCache(
-        "Node jose createRemoteJWKSet",
-        timedelta(minutes=10),
-        "cacheMaxAge 10 min; refetches on an unknown kid at most every 30 s",
-    ),
-    ClientCache(
-        "Nimbus JWKSourceBuilder (Spring)",
-        timedelta(minutes=5),
-        "5 min cache; Spring's NimbusJwtDecoder turns refresh-ahead and rate limiting off",
-    ),
-    ClientCache(
-        "Go keyfunc",
-        timedelta(hours=1),
-        "background refresh every 1 h; unknown-kid refetch at most once per 5 min",
-    ),
-)
-"""How long common verifier libraries keep a JWKS before they fetch it again (their defaults)."""
-
 DEFAULT_ALGORITHM = "ES256"
 """Small keys and signatures, generation in microseconds, and supported by every common
 verifier (PyJWT, jose, Nimbus, keyfunc); RSA remains available for old verifiers."""
@@ -76,17 +50,20 @@ DEFAULT_ROTATION_INTERVAL = timedelta(hours=720)
 bounded life), rare enough that publishAhead and retention are a small part of each period, so
 the JWKS normally holds two or three keys."""
 
-DEFAULT_MINIMUM_PUBLISH_AHEAD = max(cache.cache_time for cache in CLIENT_JWKS_CACHES)
-"""1 h, the longest default cache among the common clients (Go keyfunc): after it every one
-of them has refreshed and knows the new key before a token signed with it arrives."""
+DEFAULT_MINIMUM_PUBLISH_AHEAD = max(client.minimum_publish_ahead for client in VERIFIER_CLIENTS)
+"""1 h, the longest minimum publishAhead among the common verifiers (Go keyfunc's background
+refresh): after it every one of them has fetched the set again and knows the new key before a
+token signed with it arrives. The CRD's static default is the same value (a unit test holds
+them equal)."""
 
 DEFAULT_TOKEN_LIFETIME = timedelta(hours=1)
 """The common access-token lifetime (OAuth servers and cloud STS default to about an hour);
 set it to the longest lifetime your signers issue, since retention is derived from it."""
 
-DEFAULT_CLOCK_SKEW = timedelta(minutes=1)
-"""Spring's JwtTimestampValidator and Nimbus allow 60 s of skew; a verifier's clock may be
-that far behind, so a token can be accepted up to this long after its exp."""
+DEFAULT_CLOCK_SKEW = max(client.exp_leeway for client in VERIFIER_CLIENTS)
+"""1 min, the longest exp leeway among the common verifiers (Spring's JwtTimestampValidator,
+Nimbus, Envoy's clock_skew_seconds): they accept a token up to this long after its exp, so its
+key must stay published that much longer. The CRD's static default is the same value."""
 
 DEFAULT_JWKS_MAX_AGE = timedelta(seconds=60)
 """Cache-Control max-age for proxies, CDNs and the few clients that honour it: short enough
@@ -347,11 +324,9 @@ class PolicySpec:
 def timeline_warnings(spec: PolicySpec) -> tuple[SpecWarning, ...]:
     """Warnings for timelines shorter than what common verifiers need (valid, but risky)."""
     warnings: list[SpecWarning] = []
-    slower = [cache for cache in CLIENT_JWKS_CACHES if spec.publish_ahead < cache.cache_time]
+    slower = [client for client in VERIFIER_CLIENTS if spec.publish_ahead < client.minimum_publish_ahead]
     if slower:
-        clients = "; ".join(
-            f"{cache.client} ({_show(cache.cache_time)}: {cache.note})" for cache in slower
-        )
+        clients = _by_minimum_publish_ahead(slower)
         warnings.append(
             SpecWarning(
                 "spec.rotation.publishAhead",
@@ -361,6 +336,21 @@ def timeline_warnings(spec: PolicySpec) -> tuple[SpecWarning, ...]:
             )
         )
     return tuple(warnings)
+
+
+def _by_minimum_publish_ahead(clients: list[VerifierClient]) -> str:
+    """``"Go keyfunc (1h); istiod (20m); PyJWT PyJWKClient and Spring ... (5m)"``: grouped by
+    duration, longest first, so that a list of six or seven clients still reads at a glance."""
+    groups: dict[timedelta, list[str]] = {}
+    for client in clients:
+        groups.setdefault(client.minimum_publish_ahead, []).append(client.name)
+    return "; ".join(
+        f"{_and(names)} ({_show(duration)})" for duration, names in sorted(groups.items(), reverse=True)
+    )
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _redis_target(value: Any) -> RedisTarget | None:
