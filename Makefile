@@ -36,7 +36,7 @@ node: controlplane node-packages
 	$(BIN)/signing-key-operator dev-cluster image
 
 conformance-verifiers: setup
-	@echo "==> building (or reusing) the conformance verifiers: PyJWT, Node jose, Nimbus/Spring, Go keyfunc"
+	@echo "==> building (or reusing) the conformance verifiers: PyJWT, Node jose, Nimbus/Spring, Go keyfunc, Envoy, oauth2-proxy"
 	PYTHON=$(BIN)/python tests/conformance/setup.sh
 
 redis:

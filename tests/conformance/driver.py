@@ -27,10 +27,12 @@ import jwt
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.harness import free_port, terminate, wait_until
 
 from .clients import Client, VerifierProcess
+from .timeline import AUDIENCE, ISSUER, exp_leeway
 
 
 # -- sidecar --------------------------------------------------------------------------------------
@@ -64,6 +66,18 @@ class Sidecar:
     def wait_ready(self, timeout: float = 30) -> "Sidecar":
         wait_until(self.ready, timeout, f"the JWKS sidecar on port {self.port} to be ready", interval=0.1)
         return self
+
+    def fetches(self) -> dict[str, float]:
+        """``signing_key_sidecar_jwks_fetches_total`` by client label: the JWKS fetches this
+        sidecar answered, as its /metrics reports them."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        return {
+            sample.labels["client"]: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "signing_key_sidecar_jwks_fetches_total"
+        }
 
     def kids(self) -> list[str]:
         with urllib.request.urlopen(self.url, timeout=2) as reply:
@@ -162,10 +176,10 @@ class Token:
     probe: bool = False
 
 
-def sign(key: SigningKey, seq: int, lifetime: int, issuer: str, probe: bool = False) -> Token:
+def sign(key: SigningKey, seq: int, lifetime: int, probe: bool = False) -> Token:
     now = time.time()
     iat = int(now)
-    claims = {"iss": issuer, "sub": "conformance", "iat": iat, "exp": iat + lifetime, "jti": str(seq)}
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "conformance", "iat": iat, "exp": iat + lifetime, "jti": str(seq)}
     value = jwt.encode(claims, key.pem, algorithm=key.alg, headers={"kid": key.kid})
     return Token(seq, key.kid, key.alg, now, iat + lifetime, value, probe)
 
@@ -215,13 +229,16 @@ class ClientWorker(threading.Thread):
 
 class Scheduler(threading.Thread):
     """Hands each token to every client when it is due: fresh, half-way, and at the oldest age
-    a verifier with ``skew`` of leeway still accepts."""
+    that client still accepts (exp + its leeway, ``timeline.exp_leeway``, less ``margin``)."""
 
-    def __init__(self, workers: list[ClientWorker], skew: float, margin: float):
+    def __init__(self, workers: list[ClientWorker], margin: float):
         super().__init__(name="scheduler", daemon=True)
+        self.margin = margin
+        self.by_leeway: dict[float, list[ClientWorker]] = {}
+        for worker in workers:
+            self.by_leeway.setdefault(exp_leeway(worker.process.client.name), []).append(worker)
         self.workers = workers
-        self.skew, self.margin = skew, margin
-        self._heap: list[tuple[float, int, Token, str]] = []
+        self._heap: list[tuple[float, int, Token, str, tuple[ClientWorker, ...]]] = []
         self._counter = itertools.count()
         self._lock = threading.Condition()
         self._stopped = False
@@ -231,10 +248,11 @@ class Scheduler(threading.Thread):
             worker.submit(token, "probe" if token.probe else "fresh")
         if not ages:
             return
-        oldest = token.exp + self.skew - self.margin
         with self._lock:
-            for due, kind in (((token.signed + oldest) / 2, "mid"), (oldest, "oldest")):
-                heapq.heappush(self._heap, (due, next(self._counter), token, kind))
+            for leeway, workers in self.by_leeway.items():
+                oldest = token.exp + leeway - self.margin
+                for due, kind in (((token.signed + oldest) / 2, "mid"), (oldest, "oldest")):
+                    heapq.heappush(self._heap, (due, next(self._counter), token, kind, tuple(workers)))
             self._lock.notify()
 
     def pending(self) -> int:
@@ -249,8 +267,8 @@ class Scheduler(threading.Thread):
                     self._lock.wait(timeout)
                 if self._stopped:
                     return
-                _, _, token, kind = heapq.heappop(self._heap)
-            for worker in self.workers:
+                _, _, token, kind, workers = heapq.heappop(self._heap)
+            for worker in workers:
                 worker.submit(token, kind)
 
     def stop(self) -> None:
@@ -262,10 +280,10 @@ class Scheduler(threading.Thread):
 class Signer(threading.Thread):
     """Signs a token every ``beat`` seconds with whatever key the mounted Secret shows."""
 
-    def __init__(self, mounted: MountedSecret, scheduler: Scheduler, beat: float, lifetime: int, issuer: str):
+    def __init__(self, mounted: MountedSecret, scheduler: Scheduler, beat: float, lifetime: int):
         super().__init__(name="signer", daemon=True)
         self.mounted, self.scheduler = mounted, scheduler
-        self.beat, self.lifetime, self.issuer = beat, lifetime, issuer
+        self.beat, self.lifetime = beat, lifetime
         self.stop_event = threading.Event()
         self.seq = itertools.count(1)
         self.signed: list[Token] = []
@@ -277,7 +295,7 @@ class Signer(threading.Thread):
             while not self.stop_event.is_set():
                 key = self.mounted.visible()
                 if key is not None:
-                    token = sign(key, next(self.seq), self.lifetime, self.issuer)
+                    token = sign(key, next(self.seq), self.lifetime)
                     self.signed.append(token)
                     self.scheduler.add(token)
                 next_beat += self.beat
@@ -341,6 +359,51 @@ class Recorder:
     def snapshot(self) -> list[Verdict]:
         with self.lock:
             return list(self.verdicts)
+
+
+def warm_up(processes: dict[str, VerifierProcess], key: SigningKey, lifetime: int) -> None:
+    """One token to each client, not counted: start-up (a JVM takes a second or more)."""
+    warm = sign(key, 0, lifetime)
+    for name, process in processes.items():
+        ok, reason = process.verify(warm.value)
+        assert ok, f"{name} refused the first token: {reason} (log: {process.log_path})"
+
+
+def start_verifying(processes: dict[str, VerifierProcess], recorder: Recorder, mounted: MountedSecret,
+                    beat: float, lifetime: int, margin: float) -> tuple[list[ClientWorker], Scheduler, Signer]:
+    """A worker per client, the scheduler, and a signer signing every ``beat`` seconds."""
+    workers = [ClientWorker(process, recorder) for process in processes.values()]
+    for worker in workers:
+        worker.start()
+    scheduler = Scheduler(workers, margin)
+    scheduler.start()
+    signer = Signer(mounted, scheduler, beat, lifetime)
+    signer.start()
+    return workers, scheduler, signer
+
+
+def drain(scheduler: Scheduler, workers: list[ClientWorker], timeout: float) -> None:
+    """Until every scheduled verification has been handed out and answered."""
+    deadline = time.monotonic() + timeout
+    while scheduler.pending() or any(worker.backlog() for worker in workers):
+        if time.monotonic() > deadline:
+            raise AssertionError("verifications still queued after the run")
+        time.sleep(0.1)
+    time.sleep(0.5)  # the request in flight
+
+
+def stop_verifying(signer: Signer | None, scheduler: Scheduler | None, workers: list[ClientWorker],
+                   processes: dict[str, VerifierProcess]) -> None:
+    """Stop signing, scheduling, the workers and the verifier processes; any of them may be
+    missing, since a run can fail part-way through starting them."""
+    if signer is not None:
+        signer.stop()
+    if scheduler is not None:
+        scheduler.stop()
+    for worker in workers:
+        worker.jobs.put(None)
+    for process in processes.values():
+        process.close()
 
 
 def start_clients(clients: tuple[Client, ...], args: dict[str, list[str]], log_dir: Path) -> dict[str, VerifierProcess]:

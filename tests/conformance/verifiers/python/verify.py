@@ -7,7 +7,8 @@ Protocol (stdin/stdout, one line each way): a JWT answers ``ok`` or ``fail: <rea
 
 Flags (absent: PyJWT's defaults): --url, --alg (default RS256), --lifespan (JWK Set cache
 seconds, default 300), --cooldown (unknown-kid refetch cooldown seconds, default 30),
---leeway (seconds, default 0).
+--leeway (seconds, default 0), --audience (the ``aud`` to require; PyJWT refuses a token that
+has one when it was not told which).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def main() -> int:
     parser.add_argument("--lifespan", type=float)
     parser.add_argument("--cooldown", type=float)
     parser.add_argument("--leeway", type=float, default=0)
+    parser.add_argument("--audience")
     args = parser.parse_args()
 
     options = {}
@@ -53,7 +55,8 @@ def main() -> int:
         else:
             try:
                 key = client.get_signing_key_from_jwt(line)
-                jwt.decode(line, key, algorithms=[algorithm], leeway=args.leeway, options={"require": ["exp"]})
+                jwt.decode(line, key, algorithms=[algorithm], leeway=args.leeway, audience=args.audience,
+                           options={"require": ["exp"]})
                 answer = "ok"
             except Exception as error:  # noqa: BLE001 - reported to the driver
                 answer = f"fail: {type(error).__name__}: {error}"
