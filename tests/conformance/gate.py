@@ -477,7 +477,7 @@ def format_table(result: dict) -> str:
         kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(arm["rotation_kinds"].items()))
         lines.append(f"{name:>8}: {len(arm['rotations'])} rotations ({kinds}) in {arm['duration_s']} s, "
                      f"{arm['tokens_signed']} tokens over {arm['kids_signed']} kids; events {arm['events']}")
-    header = (f"{'client':<10}" + "".join(f"{name + ' failed/verified':>28}" for name in names)
+    header = (f"{'client':<18}" + "".join(f"{name + ' failed/verified':>28}" for name in names)
               + f"{'late':>8}{'verify ms p50/max':>22}")
     lines.append(header)
     for client in CLIENTS:
@@ -488,7 +488,7 @@ def format_table(result: dict) -> str:
             cells.append(f"{figures['failures']:>6} / {figures['verifications']:<6} ({share:6.1%})")
             late.append(str(figures["late"]))
             timing.append(f"{figures['verify_ms_p50']}/{figures['verify_ms_max']}")
-        lines.append(f"{client.name:<10}" + "".join(f"{cell:>28}" for cell in cells) + f"{'/'.join(late):>8}"
+        lines.append(f"{client.name:<18}" + "".join(f"{cell:>28}" for cell in cells) + f"{'/'.join(late):>8}"
                      + f"{' '.join(timing):>22}")
     for name in names:
         rows = arms[name]["rotations"]
