@@ -7,6 +7,7 @@ operator runs): what users get from `kubectl apply` before the operator sees any
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,20 @@ DEFAULTS = {
 @pytest.fixture(scope="module")
 def crd(api_client):
     return install_crd(api_client, CRD_FILE)
+
+
+@pytest.fixture
+def namespace(api_client):
+    """A namespace per test outside the session operator's ``t-*`` pattern. No operator acts
+    here, and none should: in a full run the session operator starts right after this module,
+    while its ~60 namespaces are still terminating with their policies in them, and had them
+    all to look at while test_name_conflicts waited for its own policy (that wait ran out at 30 s
+    in 2 of 3 full runs on 2026-12-01; the policy's first event came 30 s late)."""
+    name = f"crd-{uuid.uuid4().hex[:10]}"
+    core = client.CoreV1Api(api_client)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name)
 
 
 @pytest.fixture
