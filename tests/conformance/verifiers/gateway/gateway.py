@@ -61,9 +61,12 @@ class Gateway:
 
     name = ""
 
-    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+    def __init__(self, args: argparse.Namespace, workdir: Path, output=None) -> None:
         self.args = args
         self.workdir = workdir
+        self.output = output if output is not None else sys.stderr
+        """Where the gateway's own output goes: this adapter's stderr, which the suite keeps as
+        the client's log (a benchmark passes a file)."""
         self.process: subprocess.Popen | None = None
         self.port = 0
 
@@ -76,9 +79,7 @@ class Gateway:
     def start(self, url: str, alg: str) -> None:
         self.stop()
         self.port = free_port()
-        # The gateway's own output goes to this adapter's stderr, which the suite keeps as the
-        # client's log.
-        self.process = subprocess.Popen(self.command(url, alg), stdout=sys.stderr, stderr=sys.stderr,
+        self.process = subprocess.Popen(self.command(url, alg), stdout=self.output, stderr=self.output,
                                         stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
