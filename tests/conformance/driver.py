@@ -24,12 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.harness import free_port, terminate, wait_until
+from tests.integration.harness import REPO, free_port, terminate, wait_until
+from tests.kubelet_volume import kubelet_update
 
 from .clients import Client, VerifierProcess
 from .timeline import AUDIENCE, ISSUER, exp_leeway
@@ -160,6 +164,71 @@ class MountedSecret(threading.Thread):
     def stop(self) -> None:
         self.stop_event.set()
         self.join(5)
+
+
+# -- a sidecar on a mounted file, and keys made here (no operator) --------------------------------
+
+PROBE_AGENT = "conformance-probe"
+
+def new_key(kid: str) -> tuple[dict, SigningKey]:
+    private = ec.generate_private_key(ec.SECP256R1())
+    jwk = {**json.loads(ECAlgorithm.to_jwk(private.public_key())), "kid": kid, "alg": "ES256", "use": "sig"}
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return jwk, SigningKey(kid, "ES256", pem)
+
+
+class FileSidecar:
+    """`signing-key-operator serve --jwks-file`, on a volume updated as the kubelet does; no
+    control plane. Its own polls (``publish``, ``fetches``) send a User-Agent of their own,
+    which ``fetches`` leaves out."""
+
+    def __init__(self, volume: Path, log: Path, max_age: int = 1):
+        self.volume = volume
+        volume.mkdir(parents=True, exist_ok=True)  # a pod's volume exists before its container starts
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/.well-known/jwks.json"
+        with open(log, "ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "signing_key_operator", "serve", "--jwks-file", str(volume),
+                 "--max-age", str(max_age), "--host", "127.0.0.1", "--port", str(self.port), "--shutdown-delay", "0"],
+                stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+            )
+
+    def _get(self, path: str) -> bytes:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", headers={"User-Agent": PROBE_AGENT})
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            return reply.read()
+
+    def ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"the sidecar exited with {self.process.returncode}")
+        try:
+            self._get("/healthz")  # listening; /readyz waits for a first set, which publish() makes
+            return True
+        except OSError:
+            return False
+
+    def publish(self, jwks: list[dict]) -> None:
+        """Serve these JWKs, once the sidecar serves them."""
+        kubelet_update(self.volume, {"jwks.json": json.dumps({"keys": jwks}).encode()})
+        kids = sorted(key["kid"] for key in jwks)
+
+        def served() -> bool:
+            try:  # 503 until a first set is loaded
+                return sorted(key["kid"] for key in json.loads(self._get("/.well-known/jwks.json"))["keys"]) == kids
+            except OSError:
+                return False
+
+        wait_until(served, 10, f"the sidecar to serve {kids}", interval=0.05)
+
+    def fetches(self) -> float:
+        """Fetches by everything but this module's own polls."""
+        text = self._get("/metrics").decode()
+        return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+                   if sample.name == "signing_key_sidecar_jwks_fetches_total" and sample.labels["client"] != PROBE_AGENT)
+
+    def stop(self) -> None:
+        terminate(self.process, grace=5)
 
 
 # -- tokens and verdicts --------------------------------------------------------------------------

@@ -23,27 +23,18 @@ No control plane: keys, tokens and the sidecar's volume are made here.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from jwt.algorithms import ECAlgorithm
-from prometheus_client.parser import text_string_to_metric_families
 
 from signing_key_operator.core.verifier_clients import VERIFIER_CLIENTS
-from tests.integration.harness import REPO, free_port, terminate, wait_until
+from tests.integration.harness import wait_until
 from tests.kubelet_volume import kubelet_update
 
 from .clients import CLIENTS, VerifierProcess
-from .driver import SigningKey, sign
+from .driver import FileSidecar, new_key, sign
 from .timeline import CLIENT_IDENTITY_ARGS
 
-PROBE_AGENT = "conformance-client-table-probe"
 MAX_AGE_S = 1
 LONG_CACHE_ARGS: dict[str, list[str]] = {
     # cache 60 s, unknown-kid cooldown 50 ms where there is one
@@ -61,62 +52,11 @@ WORKERS = {"Envoy": 2}
 """Worker threads of the clients with a cache per worker (their --concurrency above)."""
 
 
-def _key(kid: str) -> tuple[dict, SigningKey]:
-    private = ec.generate_private_key(ec.SECP256R1())
-    jwk = {**json.loads(ECAlgorithm.to_jwk(private.public_key())), "kid": kid, "alg": "ES256", "use": "sig"}
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    return jwk, SigningKey(kid, "ES256", pem)
-
-
-class FileSidecar:
-    """`signing-key-operator serve --jwks-file`, on a volume updated as the kubelet does."""
-
-    def __init__(self, volume: Path, log: Path):
-        self.volume = volume
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/.well-known/jwks.json"
-        with open(log, "ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "signing_key_operator", "serve", "--jwks-file", str(volume),
-                 "--max-age", str(MAX_AGE_S), "--host", "127.0.0.1", "--port", str(self.port), "--shutdown-delay", "0"],
-                stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-            )
-
-    def _get(self, path: str) -> bytes:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", headers={"User-Agent": PROBE_AGENT})
-        with urllib.request.urlopen(request, timeout=5) as reply:
-            return reply.read()
-
-    def ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"the sidecar exited with {self.process.returncode}")
-        try:
-            self._get("/readyz")
-            return True
-        except OSError:
-            return False
-
-    def publish(self, jwks: list[dict]) -> None:
-        kubelet_update(self.volume, {"jwks.json": json.dumps({"keys": jwks}).encode()})
-        kids = sorted(key["kid"] for key in jwks)
-        wait_until(lambda: sorted(key["kid"] for key in json.loads(self._get("/.well-known/jwks.json"))["keys"]) == kids,
-                   10, f"the sidecar to serve {kids}", interval=0.05)
-
-    def fetches(self) -> float:
-        """Fetches by everything but this module's own polls."""
-        text = self._get("/metrics").decode()
-        return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
-                   if sample.name == "signing_key_sidecar_jwks_fetches_total" and sample.labels["client"] != PROBE_AGENT)
-
-    def stop(self) -> None:
-        terminate(self.process, grace=5)
-
-
 @pytest.fixture(scope="module")
 def measured(verifier_builds, tmp_path_factory, summary) -> dict[str, dict[str, bool]]:
     log_dir = tmp_path_factory.mktemp("conformance-client-table")
-    first_jwk, first = _key("table-first")
-    sidecar = FileSidecar(log_dir / "volume", log_dir / "sidecar.log")
+    first_jwk, first = new_key("table-first")
+    sidecar = FileSidecar(log_dir / "volume", log_dir / "sidecar.log", max_age=MAX_AGE_S)
     kubelet_update(sidecar.volume, {"jwks.json": json.dumps({"keys": [first_jwk]}).encode()})
     results: dict[str, dict[str, bool]] = {}
     try:
@@ -138,7 +78,7 @@ def measured(verifier_builds, tmp_path_factory, summary) -> dict[str, dict[str, 
                 ok, reason = process.verify(token.value)
                 assert ok, f"{client.name}: {reason}"
                 after_max_age = sidecar.fetches() - before
-                second_jwk, second = _key(f"table-second-{seq}")
+                second_jwk, second = new_key(f"table-second-{seq}")
                 sidecar.publish([first_jwk, second_jwk])
                 before = sidecar.fetches()
                 new_ok, new_reason = process.verify(sign(second, seq, 600).value)
