@@ -39,6 +39,24 @@ from .clients import Client, VerifierProcess
 from .timeline import AUDIENCE, ISSUER, exp_leeway
 
 
+PROBE_AGENT = "conformance-probe"
+"""The User-Agent of the suite's own requests to a sidecar, so they are told apart from a client's."""
+
+
+def jwks_fetches(port: int) -> dict[str, float]:
+    """``signing_key_sidecar_jwks_fetches_total`` by client label: the JWKS fetches the sidecar
+    on ``port`` answered, as its /metrics reports them."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"User-Agent": PROBE_AGENT})
+    with urllib.request.urlopen(request, timeout=5) as reply:
+        text = reply.read().decode()
+    return {
+        sample.labels["client"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "signing_key_sidecar_jwks_fetches_total"
+    }
+
+
 # -- sidecar --------------------------------------------------------------------------------------
 
 
@@ -72,16 +90,7 @@ class Sidecar:
         return self
 
     def fetches(self) -> dict[str, float]:
-        """``signing_key_sidecar_jwks_fetches_total`` by client label: the JWKS fetches this
-        sidecar answered, as its /metrics reports them."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as reply:
-            text = reply.read().decode()
-        return {
-            sample.labels["client"]: sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "signing_key_sidecar_jwks_fetches_total"
-        }
+        return jwks_fetches(self.port)
 
     def kids(self) -> list[str]:
         with urllib.request.urlopen(self.url, timeout=2) as reply:
@@ -168,8 +177,6 @@ class MountedSecret(threading.Thread):
 
 # -- a sidecar on a mounted file, and keys made here (no operator) --------------------------------
 
-PROBE_AGENT = "conformance-probe"
-
 def new_key(kid: str) -> tuple[dict, SigningKey]:
     private = ec.generate_private_key(ec.SECP256R1())
     jwk = {**json.loads(ECAlgorithm.to_jwk(private.public_key())), "kid": kid, "alg": "ES256", "use": "sig"}
@@ -222,10 +229,8 @@ class FileSidecar:
         wait_until(served, 10, f"the sidecar to serve {kids}", interval=0.05)
 
     def fetches(self) -> float:
-        """Fetches by everything but this module's own polls."""
-        text = self._get("/metrics").decode()
-        return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
-                   if sample.name == "signing_key_sidecar_jwks_fetches_total" and sample.labels["client"] != PROBE_AGENT)
+        """Fetches by everything but the suite's own polls."""
+        return sum(count for client, count in jwks_fetches(self.port).items() if client != PROBE_AGENT)
 
     def stop(self) -> None:
         terminate(self.process, grace=5)

@@ -244,8 +244,6 @@ def rotation_run(kubeconfig, conformance_namespace, conformance_policies, summar
                              log_dir / f"sidecar-{client.name.replace(' ', '-')}.log")
         for client in CLIENTS
     }
-    for one in (sidecar, *client_sidecars.values()):
-        one.wait_ready()
     history = ServedHistory(sidecar)
     mounted = MountedSecret(kubeconfig, conformance_namespace, f"{POLICY}-signing", MOUNT_POLL_S, MOUNT_LAG_S)
     processes = {}
@@ -253,8 +251,10 @@ def rotation_run(kubeconfig, conformance_namespace, conformance_policies, summar
     scheduler = signer = None
     started = time.monotonic()
     try:
-        history.start()
+        history.start()  # its samples start once the sidecar is up
         mounted.start()
+        for one in (sidecar, *client_sidecars.values()):
+            one.wait_ready()
         wait_until(mounted.visible, 30, "the signer to see the signing Secret")
         processes = start_clients(
             CLIENTS, {name: ["--url", client_sidecars[name].url, *args] for name, args in CLIENT_ARGS.items()}, log_dir
