@@ -340,16 +340,24 @@ class Reconciler:
     async def _point_signing_secret(self, policy, spec: PolicySpec, current, material: KeyMaterial, serial: int, outcome: Outcome) -> None:
         """``current`` as for :meth:`_publish_jwks`."""
         namespace = policy["metadata"]["namespace"]
-        if objects.signing_secret_is_current(current, material):
+        lifetimes = spec.signer_lifetimes()
+        if objects.signing_secret_is_current(current, material, lifetimes):
             return
         await self._check_plan_inputs_unchanged(policy)
-        desired = objects.signing_secret(policy, spec.signing_secret_name, material, serial, since=self.clock(), replaced=current)
+        same_key = objects.signing_secret_is_current(current, material, objects.signing_lifetimes(current))
+        desired = objects.signing_secret(
+            policy, spec.signing_secret_name, material, serial, since=self.clock(), replaced=current, lifetimes=lifetimes
+        )
         if current is None:
             await self._write(outcome, "Secret", self.api.create(SECRETS, namespace, desired))
         else:
             desired["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
             await self._write(outcome, "Secret", self.api.replace(SECRETS, namespace, desired))
-        outcome.events.append(PlanEvent("Normal", "SigningSecretUpdated", f"Secret {spec.signing_secret_name} now holds key {material.kid}"))
+        message = (
+            f"Secret {spec.signing_secret_name} now tells signers {lifetimes.decode()}" if same_key
+            else f"Secret {spec.signing_secret_name} now holds key {material.kid}"
+        )
+        outcome.events.append(PlanEvent("Normal", "SigningSecretUpdated", message))
 
     async def _hold_for_conflicts(
         self, policy, spec: PolicySpec, stored: list[objects.StoredKey], conflicts: list[objects.NameConflict],

@@ -136,6 +136,12 @@ def test_second_scale_timeline_is_accepted(objects, namespace):
         pytest.param({"jwks": {"maxAge": "0"}, "clockSkew": "0"}, id="bare-zero-max-age-and-skew"),
         pytest.param({"jwks": {"maxAge": "24h"}, "rotation": {"publishAhead": "25h"}}, id="max-age-one-day"),
         pytest.param({"signingSecretName": "a" * 253}, id="secret-name-253-chars"),
+        pytest.param({"tokenLifetimes": [{"name": "admin", "lifetime": "10m"}, {"name": "service", "lifetime": "1h"}]},
+                     id="lifetime-classes-up-to-token-lifetime"),
+        pytest.param({"tokenLifetimes": [{"name": f"class-{n}", "lifetime": "1m"} for n in range(8)]},
+                     id="eight-lifetime-classes"),
+        pytest.param({"tokenLifetime": "2h", "tokenLifetimes": [{"name": "a" * 63, "lifetime": "90m"}]},
+                     id="lifetime-class-name-63-chars"),
     ],
 )
 def test_edge_specs_are_accepted(objects, namespace, spec):
@@ -194,6 +200,27 @@ BAD_SPECS = [
      "spec.revocation.redis.url", "should match"),
     ("suspend-as-string", {"suspend": "yes"}, "spec.suspend", "must be of type boolean"),
     ("rotation-as-string", {"rotation": "720h"}, "spec.rotation", "must be of type object"),
+    ("lifetime-class-longer-than-token-lifetime", {"tokenLifetimes": [{"name": "admin", "lifetime": "2h"}]},
+     "spec.tokenLifetimes", "at most tokenLifetime"),
+    ("lifetime-class-longer-than-a-shorter-token-lifetime",
+     {"tokenLifetime": "15m", "tokenLifetimes": [{"name": "user", "lifetime": "1h"}]}, "spec.tokenLifetimes",
+     "at most tokenLifetime"),
+    ("nine-lifetime-classes", {"tokenLifetimes": [{"name": f"class-{n}", "lifetime": "1m"} for n in range(9)]},
+     "spec.tokenLifetimes", "must have at most 8 items"),
+    ("lifetime-class-named-twice",
+     {"tokenLifetimes": [{"name": "admin", "lifetime": "10m"}, {"name": "admin", "lifetime": "50m"}]},
+     "spec.tokenLifetimes[1]", "Duplicate value"),
+    ("lifetime-class-name-uppercase", {"tokenLifetimes": [{"name": "Admin", "lifetime": "10m"}]},
+     "spec.tokenLifetimes[0].name", "should match"),
+    ("lifetime-class-name-64-chars", {"tokenLifetimes": [{"name": "a" * 64, "lifetime": "10m"}]},
+     "spec.tokenLifetimes[0].name", "Too long"),
+    ("lifetime-class-zero", {"tokenLifetimes": [{"name": "admin", "lifetime": "0s"}]},
+     "spec.tokenLifetimes[0].lifetime", "positive duration"),
+    ("lifetime-class-not-a-duration", {"tokenLifetimes": [{"name": "admin", "lifetime": "ten minutes"}]},
+     "spec.tokenLifetimes[0].lifetime", "should match"),
+    ("lifetime-class-without-lifetime", {"tokenLifetimes": [{"name": "admin"}]},
+     "spec.tokenLifetimes[0].lifetime", "Required value"),
+    ("lifetime-classes-as-a-map", {"tokenLifetimes": {"admin": "10m"}}, "spec.tokenLifetimes", "must be of type array"),
 ]
 
 
@@ -396,4 +423,5 @@ spec:
     applied = kubectl(kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=example)
     assert applied.returncode == 0, applied.stderr
     assert "signingkeypolicy.signingkeys.dev/api-tokens created" in applied.stdout
+
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from datetime import datetime, timedelta
@@ -45,6 +46,26 @@ def test_policy_becomes_ready_with_its_key_published_and_the_signing_secret_matc
     configmap = policies.core.read_namespaced_config_map("api-jwks", policies.namespace)
     assert configmap.data["max-age"] == "60"
     assert configmap.metadata.owner_references[0].name == "api"
+
+
+def test_the_signing_secret_tells_signers_the_lifetimes_and_follows_a_spec_change(policies):
+    policies.create("lives", {"tokenLifetime": "30m", "clockSkew": "20s",
+                              "tokenLifetimes": [{"name": "admin", "lifetime": "5m"}]})
+    policies.wait_ready("lives")
+    lifetimes = json.loads(policies.secret_data("lives-signing")["lifetimes.json"])
+    assert lifetimes == {"tokenLifetimeSeconds": 1800, "clockSkewSeconds": 20, "classes": {"admin": 300}}
+    kid = _signing_kid(policies, "lives")
+    policies.objects.patch_namespaced_custom_object(
+        "signingkeys.dev", "v1alpha1", policies.namespace, "signingkeypolicies", "lives",
+        {"spec": {"tokenLifetime": "10m", "tokenLifetimes": [{"name": "admin", "lifetime": "2m"},
+                                                             {"name": "service", "lifetime": "10m"}]}},
+    )
+    expected = {"tokenLifetimeSeconds": 600, "clockSkewSeconds": 20, "classes": {"admin": 120, "service": 600}}
+    wait_until(lambda: json.loads(policies.secret_data("lives-signing")["lifetimes.json"]) == expected, 30,
+               "the signing Secret to carry the new lifetimes")
+    assert _signing_kid(policies, "lives") == kid, "a lifetime change moves no signer to another key"
+    told = [e.message for e in policies.events("lives") if e.reason == "SigningSecretUpdated" and "tells signers" in e.message]
+    assert told and '"service":600' in told[-1], [e.message for e in policies.events("lives")]
 
 
 def test_kubectl_users_see_whole_second_times_and_events_from_signing_key_operator(policies, kubeconfig):

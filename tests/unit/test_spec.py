@@ -70,6 +70,14 @@ def test_full_spec_is_parsed_from_camel_case():
     assert spec.retention == timedelta(minutes=15) + timedelta(seconds=30) + timedelta(minutes=3)
 
 
+def test_lifetime_classes_are_parsed_in_name_order_and_leave_retention_to_token_lifetime():
+    spec = PolicySpec.from_resource("billing", {"tokenLifetime": "2h", "tokenLifetimes": [
+        {"name": "service", "lifetime": "2h"}, {"name": "admin", "lifetime": "10m"}]})
+    assert spec.token_lifetime_classes == (("admin", timedelta(minutes=10)), ("service", timedelta(hours=2)))
+    assert spec.retention == PolicySpec.from_resource("billing", {"tokenLifetime": "2h"}).retention
+    assert PolicySpec.from_resource("billing", {}).token_lifetime_classes == ()
+
+
 def test_retention_is_derived():
     spec = PolicySpec.from_resource("billing", {"tokenLifetime": "2h", "clockSkew": "5m"})
     assert spec.retention == timedelta(hours=2, minutes=5) + DEFAULT_SECRET_PROPAGATION
@@ -112,6 +120,18 @@ def test_rsa_key_size_is_accepted_and_ignored_for_other_algorithms():
         ({"signingSecretName": 7}, "spec.signingSecretName", "must be a string"),
         ({"jwksConfigMapName": "x" * 254}, "spec.jwksConfigMapName", "at most 253"),
         ({"signingSecretName": "billing-key-3"}, "spec.signingSecretName", "collides"),
+        ({"tokenLifetimes": {"admin": "10m"}}, "spec.tokenLifetimes", "must be a list of {name, lifetime}"),
+        ({"tokenLifetimes": ["admin"]}, "spec.tokenLifetimes[0]", "must be an object"),
+        ({"tokenLifetimes": [{"lifetime": "10m"}]}, "spec.tokenLifetimes[0].name", "is required"),
+        ({"tokenLifetimes": [{"name": "admin", "lifetime": "ten"}]}, "spec.tokenLifetimes[0].lifetime", "invalid duration"),
+        ({"tokenLifetimes": [{"name": "admin"}]}, "spec.tokenLifetimes", "the lifetime must be positive"),
+        ({"tokenLifetimes": [{"name": "Admin", "lifetime": "10m"}]}, "spec.tokenLifetimes", "DNS labels"),
+        ({"tokenLifetimes": [{"name": "admin", "lifetime": "2h"}]}, "spec.tokenLifetimes",
+         "class admin must not outlive spec.tokenLifetime (2h > 1h)"),
+        ({"tokenLifetimes": [{"name": "a", "lifetime": "1m"}, {"name": "a", "lifetime": "2m"}]}, "spec.tokenLifetimes",
+         "names a class twice"),
+        ({"tokenLifetimes": [{"name": f"c{n}", "lifetime": "1m"} for n in range(9)]}, "spec.tokenLifetimes",
+         "at most 8 classes"),
     ],
 )
 def test_invalid_specs_name_the_field(spec, field_path, fragment):

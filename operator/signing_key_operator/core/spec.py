@@ -13,6 +13,7 @@ key must stay published the longest of those leeways longer.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ __all__ = [
     "REVOCATION_BACKENDS",
     "RedisTarget",
     "SERVED_AT_LIMIT",
+    "TOKEN_LIFETIME_CLASS_LIMIT",
     "SpecError",
     "SpecWarning",
     "timeline_warnings",
@@ -84,6 +86,12 @@ some 20,000 UUID jtis (bench/revocation_bench.py capacity); Redis beyond that.""
 SERVED_AT_LIMIT = 8
 """At most this many ``spec.jwks.servedAt`` URLs: each is probed on its own, and a policy is
 served at a Service URL and one or two public ones (ingress, CDN), not at dozens."""
+
+TOKEN_LIFETIME_CLASS_LIMIT = 8
+"""At most this many ``spec.tokenLifetimes`` classes: a few kinds of token (admin, service,
+user) get lifetimes of their own; dozens would be configuration no one can review."""
+
+_CLASS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 _SERVED_URL = re.compile(r"^https?://[^/?#@\s]+([/?#]\S*)?$")
 _SERVED_URL_MAX_LENGTH = 2048
@@ -177,6 +185,10 @@ class PolicySpec:
     ca_bundle: tuple[str, str] | None = None
     """``spec.jwks.caBundleRef``: (ConfigMap name, key) of the CA certificates for https
     servedAt URLs; None: the system's CAs. TLS is verified either way."""
+    token_lifetime_classes: tuple[tuple[str, timedelta], ...] = ()
+    """``spec.tokenLifetimes`` (a list of name and lifetime): (name, lifetime) in name order, each at most
+    tokenLifetime, for tokens that should live shorter (admin sessions, say). Published in the
+    signing Secret for signers; retention keeps counting from tokenLifetime, the longest."""
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -238,6 +250,23 @@ class PolicySpec:
                 )
         if len(set(self.served_at)) != len(self.served_at):
             raise SpecError("spec.jwks.servedAt", "lists a URL twice")
+        if len(self.token_lifetime_classes) > TOKEN_LIFETIME_CLASS_LIMIT:
+            raise SpecError(
+                "spec.tokenLifetimes", f"at most {TOKEN_LIFETIME_CLASS_LIMIT} classes (got {len(self.token_lifetime_classes)})"
+            )
+        if len({name for name, _ in self.token_lifetime_classes}) != len(self.token_lifetime_classes):
+            raise SpecError("spec.tokenLifetimes", "names a class twice")
+        for name, lifetime in self.token_lifetime_classes:
+            if not _CLASS_NAME.match(name):
+                raise SpecError("spec.tokenLifetimes", f"class {name!r}: names are DNS labels (a-z, 0-9 and '-', at most 63)")
+            if lifetime <= timedelta(0):
+                raise SpecError("spec.tokenLifetimes", f"class {name}: the lifetime must be positive")
+            if lifetime > self.token_lifetime:
+                raise SpecError(
+                    "spec.tokenLifetimes",
+                    f"class {name} must not outlive spec.tokenLifetime ({_show(lifetime)} > {_show(self.token_lifetime)}): "
+                    "retention counts from tokenLifetime, so a longer class would outlive its key",
+                )
 
     @property
     def retention(self) -> timedelta:
@@ -247,6 +276,19 @@ class PolicySpec:
         signers keep signing with it until the new signing Secret reaches them.
         """
         return self.token_lifetime + self.clock_skew + self.secret_propagation
+
+    def signer_lifetimes(self) -> bytes:
+        """``lifetimes.json`` of the signing Secret: what signers must put in ``exp``, in whole
+        seconds so that no signer parses Go durations. ``tokenLifetimeSeconds`` is the longest
+        a token may live (retention counts from it), ``clockSkewSeconds`` the leeway verifiers
+        give, ``classes`` the shorter lifetimes by class name. Canonical JSON (sorted keys, no
+        spaces), so an unchanged spec gives the same bytes and the Secret is not rewritten."""
+        document = {
+            "tokenLifetimeSeconds": _whole_seconds(self.token_lifetime),
+            "clockSkewSeconds": _whole_seconds(self.clock_skew),
+            "classes": {name: _whole_seconds(lifetime) for name, lifetime in self.token_lifetime_classes},
+        }
+        return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def from_resource(
@@ -318,6 +360,7 @@ class PolicySpec:
             redis=redis,
             served_at=tuple(served_at),
             ca_bundle=ca_bundle,
+            token_lifetime_classes=_lifetime_classes(spec.get("tokenLifetimes")),
         )
 
 
@@ -353,6 +396,21 @@ def _and(names: list[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
+def _lifetime_classes(value: Any) -> tuple[tuple[str, timedelta], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise SpecError("spec.tokenLifetimes", f"must be a list of {{name, lifetime}} (got {type(value).__name__})")
+    parsed = []
+    for index, entry in enumerate(value):
+        entry = _mapping(f"spec.tokenLifetimes[{index}]", entry)
+        name = entry.get("name")
+        if not isinstance(name, str):
+            raise SpecError(f"spec.tokenLifetimes[{index}].name", "is required")
+        parsed.append((name, _duration(f"spec.tokenLifetimes[{index}].lifetime", entry, "lifetime", timedelta(0))))
+    return tuple(sorted(parsed))
+
+
 def _redis_target(value: Any) -> RedisTarget | None:
     if value is None:
         return None
@@ -374,6 +432,11 @@ def _redis_target(value: Any) -> RedisTarget | None:
     if prefix is not None and (not isinstance(prefix, str) or not prefix):
         raise SpecError("spec.revocation.redis.keyPrefix", "must be a non-empty string")
     return RedisTarget(url, password_secret, prefix)
+
+
+def _whole_seconds(value: timedelta) -> int:
+    """Rounded down, so that a signer never issues a token longer than the policy allows."""
+    return int(value.total_seconds())
 
 
 def _show(value: timedelta) -> str:

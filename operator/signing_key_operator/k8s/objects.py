@@ -29,6 +29,8 @@ MAX_AGE_ANNOTATION = f"{PREFIX}/jwks-max-age"
 ROTATE_HANDLED_ANNOTATION = f"{PREFIX}/rotate-handled"
 REVOKE_HANDLED_ANNOTATION = f"{PREFIX}/revoke-handled"
 SIGNING_SINCE_ANNOTATION = f"{PREFIX}/signing-since"
+LIFETIMES_KEY = "lifetimes.json"
+"""The signing Secret's key for the lifetimes signers must respect (PolicySpec.signer_lifetimes)."""
 REPLACED_KID_ANNOTATION = f"{PREFIX}/replaced-kid"
 
 _TIME_FIELDS = ("created", "activate_at", "activated", "retired", "removal_due", "revoked", "first_served")
@@ -231,10 +233,12 @@ def read_key_secret(secret: dict[str, Any]) -> StoredKey:
 
 def signing_secret(
     policy: dict[str, Any], secret_name: str, material: KeyMaterial, serial: int,
-    since: datetime, replaced: dict[str, Any] | None,
+    since: datetime, replaced: dict[str, Any] | None, lifetimes: bytes,
 ) -> dict[str, Any]:
     """The signing Secret holding ``material`` from ``since`` on, in place of ``replaced`` (the
-    Secret as it is now, if any): the planner counts the replaced key's retention from then."""
+    Secret as it is now, if any): the planner counts the replaced key's retention from then.
+    ``lifetimes`` is ``lifetimes.json`` (:meth:`~..core.spec.PolicySpec.signer_lifetimes`): how
+    long signers may make tokens live, beside the key they sign with."""
     name = policy["metadata"]["name"]
     annotations = {_annotation("kid"): material.kid, SERIAL_LABEL: str(serial), SIGNING_SINCE_ANNOTATION: format_record_time(since)}
     before = signing_view(replaced)
@@ -261,6 +265,7 @@ def signing_secret(
             "kid": material.kid,
             "alg": material.alg,
             "private.pem": material.private_pem.decode(),
+            LIFETIMES_KEY: lifetimes.decode(),
         },
     }
 
@@ -284,7 +289,16 @@ def signing_view(secret: dict[str, Any] | None) -> SigningSecretView | None:
     return SigningSecretView(kid=kid, since=since, replaced_kid=annotations.get(REPLACED_KID_ANNOTATION))
 
 
-def signing_secret_is_current(secret: dict[str, Any] | None, material: KeyMaterial) -> bool:
+def signing_lifetimes(secret: dict[str, Any] | None) -> bytes:
+    """The ``lifetimes.json`` a signing Secret holds now (empty when it has none, as a Secret
+    written before signers were told lifetimes)."""
+    try:
+        return _decoded(secret, LIFETIMES_KEY) if secret is not None else b""
+    except BrokenKeySecret:
+        return b""
+
+
+def signing_secret_is_current(secret: dict[str, Any] | None, material: KeyMaterial, lifetimes: bytes) -> bool:
     if secret is None:
         return False
     try:
@@ -292,6 +306,7 @@ def signing_secret_is_current(secret: dict[str, Any] | None, material: KeyMateri
             _decoded(secret, "kid").decode() == material.kid
             and _decoded(secret, "alg").decode() == material.alg
             and _decoded(secret, "private.pem") == material.private_pem
+            and _decoded(secret, LIFETIMES_KEY) == lifetimes
         )
     except (BrokenKeySecret, UnicodeDecodeError):
         return False
