@@ -338,6 +338,9 @@ class _Step:
         self.rotations: list[KeyReason] = []
         self.held: list[str] = []
         self.superseded_rotate_request: str | None = None
+        self.rotate_requests_of_dropped_next_keys: set[str] = set()
+        """Rotate requests carried by next keys removed in this plan (a repair, a revocation,
+        an algorithm change): they count as answered only while a key still here carries them."""
         self.retired_by_repair: set[int] = set()
         """Keys found active beside a newer one (a crash mid-rotation or mid-revocation)."""
 
@@ -413,7 +416,7 @@ class _Step:
             # Seen again after a crash: finish what that revocation started.
             signed_until_revoked = target.activated is not None and target.retired in (None, target.revoked)
             if signed_until_revoked:
-                self.drop_next_key_stored_beside(target)
+                self.drop_next_keys_stored_beside(target)
             return value
         was_signing = target.state is KeyState.ACTIVE
         self.put(
@@ -432,21 +435,27 @@ class _Step:
             "JWKS now" + ("; a fresh key signs from now on" if was_signing else ""),
         )
         signing_until_now = was_signing or target.serial in self.retired_by_repair
-        waiting = self.drop_next_key_stored_beside(self.records[target.serial]) if signing_until_now else None
+        dropped = self.drop_next_keys_stored_beside(self.records[target.serial]) if signing_until_now else []
         if was_signing:
-            # The emergency rotation also answers a rotate request the dropped key was for.
-            answered = waiting.rotate_request if waiting is not None else None
+            # The emergency rotation also answers a rotate request a dropped key was for, unless
+            # a key kept already answered it (a crash during a repair can leave two next keys
+            # carrying one request, and it must not change the signing key twice).
+            kept = {record.rotate_request for record in self.records.values()}
+            unanswered = [key.rotate_request for key in dropped if key.rotate_request and key.rotate_request not in kept]
+            answered = unanswered[-1] if unanswered else None
             self.create_active_key(KeyReason.EMERGENCY, why=f"key {kid} was revoked", rotate_request=answered)
         return value
 
-    def drop_next_key_stored_beside(self, revoked: KeyRecord) -> KeyRecord | None:
-        """Whoever obtained a revoked signing key may have obtained the next key stored beside it
-        too; that key never signed, so no token needs it: it goes, and a fresh key signs."""
-        waiting = self.next_key
-        if waiting is None or revoked.revoked is None or waiting.created >= revoked.revoked:
-            return None
-        self.remove(waiting, why=f"stored beside revoked key {revoked.kid}; a fresh one is published at the next rotation")
-        return waiting
+    def drop_next_keys_stored_beside(self, revoked: KeyRecord) -> list[KeyRecord]:
+        """Whoever obtained a revoked signing key may have obtained the next keys stored beside
+        it too (one, or two that a crash during a repair left); they never signed, so no token
+        needs them: they go, oldest first, and a fresh key signs."""
+        if revoked.revoked is None:
+            return []
+        dropped = [record for record in self.in_state(KeyState.NEXT) if record.created < revoked.revoked]
+        for record in dropped:
+            self.remove(record, why=f"stored beside revoked key {revoked.kid}; a fresh one is published at the next rotation")
+        return dropped
 
     def keep_one_active_key(self) -> None:
         active = self.in_state(KeyState.ACTIVE)
@@ -489,10 +498,11 @@ class _Step:
         if value is None or not value.strip() or value == requests.rotate_handled:
             return None
         answered = {record.rotate_request for record in (*self.previous, *self.records.values())}
-        if self.superseded_rotate_request not in {record.rotate_request for record in self.records.values()}:
-            # The key that answered it was just dropped for the old algorithm: its replacement
-            # answers it now, or the request would be lost.
-            answered.discard(self.superseded_rotate_request)
+        kept = {record.rotate_request for record in self.records.values()}
+        # The key that answered it was just dropped (for the old algorithm, by a repair or beside
+        # a revoked key): a new key answers it now, or the request would be lost.
+        for dropped in self.rotate_requests_of_dropped_next_keys - kept:
+            answered.discard(dropped)
         if value in answered:
             return value
         waiting = self.next_key
@@ -614,6 +624,8 @@ class _Step:
 
     def remove(self, record: KeyRecord, why: str) -> None:
         del self.records[record.serial]
+        if record.state is KeyState.NEXT and record.rotate_request:
+            self.rotate_requests_of_dropped_next_keys.add(record.rotate_request)
         self.removed.append(record)
         self.event("Normal", "KeyRemoved", f"Key {record.kid} (serial {record.serial}) removed: {why}")
 
