@@ -64,8 +64,12 @@ def test_the_signing_secret_tells_signers_the_lifetimes_and_follows_a_spec_chang
     wait_until(lambda: json.loads(policies.secret_data("lives-signing")["lifetimes.json"]) == expected, 30,
                "the signing Secret to carry the new lifetimes")
     assert _signing_kid(policies, "lives") == kid, "a lifetime change moves no signer to another key"
-    told = [e.message for e in policies.events("lives") if e.reason == "SigningSecretUpdated" and "tells signers" in e.message]
-    assert told and '"service":600' in told[-1], [e.message for e in policies.events("lives")]
+
+    def told() -> list[str]:  # the Event follows the write
+        return [e.message for e in policies.events("lives")
+                if e.reason == "SigningSecretUpdated" and "tells signers" in e.message and '"service":600' in e.message]
+
+    wait_until(told, 10, "the SigningSecretUpdated Event saying what signers are told now")
 
 
 def test_kubectl_users_see_whole_second_times_and_events_from_signing_key_operator(policies, kubeconfig):
