@@ -344,7 +344,7 @@ class Reconciler:
         if objects.signing_secret_is_current(current, material, lifetimes):
             return
         await self._check_plan_inputs_unchanged(policy)
-        same_key = objects.signing_secret_is_current(current, material, objects.signing_lifetimes(current))
+        same_key = objects.signing_secret_holds(current, material)
         desired = objects.signing_secret(
             policy, spec.signing_secret_name, material, serial, since=self.clock(), replaced=current, lifetimes=lifetimes
         )

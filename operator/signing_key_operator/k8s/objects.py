@@ -298,7 +298,8 @@ def signing_lifetimes(secret: dict[str, Any] | None) -> bytes:
         return b""
 
 
-def signing_secret_is_current(secret: dict[str, Any] | None, material: KeyMaterial, lifetimes: bytes) -> bool:
+def signing_secret_holds(secret: dict[str, Any] | None, material: KeyMaterial) -> bool:
+    """Whether the signing Secret holds exactly this key (kid, alg and private key)."""
     if secret is None:
         return False
     try:
@@ -306,10 +307,14 @@ def signing_secret_is_current(secret: dict[str, Any] | None, material: KeyMateri
             _decoded(secret, "kid").decode() == material.kid
             and _decoded(secret, "alg").decode() == material.alg
             and _decoded(secret, "private.pem") == material.private_pem
-            and _decoded(secret, LIFETIMES_KEY) == lifetimes
         )
     except (BrokenKeySecret, UnicodeDecodeError):
         return False
+
+
+def signing_secret_is_current(secret: dict[str, Any] | None, material: KeyMaterial, lifetimes: bytes) -> bool:
+    """Whether the signing Secret holds this key and tells signers these lifetimes."""
+    return signing_secret_holds(secret, material) and signing_lifetimes(secret) == lifetimes
 
 
 def published_configmap(
