@@ -34,9 +34,10 @@ from typing import Any
 
 import redis
 from joserfc import jws, jwt
-from joserfc.errors import BadSignatureError, ClaimError, JoseError, UnsupportedAlgorithmError
+from joserfc.errors import BadSignatureError, ClaimError, JoseError
 from joserfc.jwk import KeySet
 
+from .core.algorithm_registry import ExactAlgorithmRegistry
 from .core.jwks import MAX_JWK_SET_BYTES, InvalidJwkSet, parse_jwk_set
 from .core.revocations import (
     MAX_CONFIGMAP_BYTES,
@@ -66,17 +67,6 @@ class TokenRejected(Exception):
 
 class RevokedToken(TokenRejected):
     """The token is valid but revoked (by its jti, or its subject's issuedBefore)."""
-
-
-class _Registry(jws.JWSRegistry):
-    """Allows exactly the configured algorithms, without the SecurityWarning joserfc emits for
-    "EdDSA" (RFC 9864 prefers "Ed25519"): the operator publishes Ed25519 keys as "EdDSA", and a
-    warning per token would flood the logs. The key's crv is still checked by the signature."""
-
-    def get_alg(self, name: str) -> Any:
-        if name not in self.algorithms or name not in (self.allowed or ()):
-            raise UnsupportedAlgorithmError(f"Algorithm of '{name}' is not allowed")
-        return self.algorithms[name]
 
 
 @dataclass(frozen=True)
@@ -251,7 +241,7 @@ class Verifier:
             if redis_url is not None else None
         )
         self._layout = RedisLayout(redis_prefix) if redis_prefix else None
-        self._registry = _Registry(algorithms=self.algorithms)
+        self._registry = ExactAlgorithmRegistry(algorithms=self.algorithms)
 
     def verify(self, token: str) -> dict[str, Any]:
         """The token's claims if its signature, times, issuer and audience are right and it is

@@ -13,7 +13,6 @@ key must stay published the longest of those leeways longer.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from datetime import timedelta
 from typing import Any
 
 from .durations import format_duration, parse_duration
+from .lifetimes import TokenLifetimes
 from .keys import ALGORITHMS, DEFAULT_RSA_KEY_SIZE, RSA_KEY_SIZES
 from .verifier_clients import VERIFIER_CLIENTS, VerifierClient
 
@@ -278,17 +278,14 @@ class PolicySpec:
         return self.token_lifetime + self.clock_skew + self.secret_propagation
 
     def signer_lifetimes(self) -> bytes:
-        """``lifetimes.json`` of the signing Secret: what signers must put in ``exp``, in whole
-        seconds so that no signer parses Go durations. ``tokenLifetimeSeconds`` is the longest
-        a token may live (retention counts from it), ``clockSkewSeconds`` the leeway verifiers
-        give, ``classes`` the shorter lifetimes by class name. Canonical JSON (sorted keys, no
-        spaces), so an unchanged spec gives the same bytes and the Secret is not rewritten."""
-        document = {
-            "tokenLifetimeSeconds": _whole_seconds(self.token_lifetime),
-            "clockSkewSeconds": _whole_seconds(self.clock_skew),
-            "classes": {name: _whole_seconds(lifetime) for name, lifetime in self.token_lifetime_classes},
-        }
-        return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+        """``lifetimes.json`` of the signing Secret (:class:`~.lifetimes.TokenLifetimes`): the
+        longest a token may live (retention counts from it), the clock skew verifiers give, and
+        the shorter lifetimes by class name."""
+        return TokenLifetimes(
+            token_lifetime_seconds=_whole_seconds(self.token_lifetime),
+            clock_skew_seconds=_whole_seconds(self.clock_skew),
+            classes={name: _whole_seconds(lifetime) for name, lifetime in self.token_lifetime_classes},
+        ).encode()
 
     @classmethod
     def from_resource(
