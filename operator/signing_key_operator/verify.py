@@ -188,6 +188,7 @@ class Verifier:
         audience: str | None = None,
         algorithms: Sequence[str] = DEFAULT_ALGORITHMS,
         leeway: float = 60.0,
+        max_token_lifetime: float | None = None,
         default_max_age: float = 60.0,
         max_cache_age: float = 86400.0,
         unknown_kid_cooldown: float = 30.0,
@@ -211,6 +212,13 @@ class Verifier:
         self.leeway = leeway
         """Seconds of clock skew allowed for exp/nbf/iat: 60 s, what the policies' clockSkew
         defaults to and what most JWT libraries allow; more widens the window of a stolen token."""
+        self.max_token_lifetime = max_token_lifetime
+        """Longest ``exp - iat`` accepted, in seconds (plus ``leeway``): the policy's longest
+        token lifetime, ``tokenLifetimeSeconds`` of the signing Secret's ``lifetimes.json``. A
+        token that lives longer outlives its key's retention, so it was made by a misconfigured
+        signer and fails anyway once its key is removed; refusing it at once says so while it
+        can be fixed. With it, a token without ``iat`` is refused (its lifetime cannot be told).
+        None skips the check: only the verifier's owner knows which policy it follows."""
         self.default_max_age = default_max_age
         """Cache lifetime when a response has no max-age: 60 s, the sidecar's usual max-age, so
         a new key or revocation is seen within a minute even behind a proxy that drops headers."""
@@ -321,3 +329,12 @@ class Verifier:
         except ClaimError as error:
             claim = getattr(error, "claim", "?")  # claim names and joserfc's words, never values
             raise TokenRejected(f"token refused: claim {claim}: {error.description}") from None
+        if self.max_token_lifetime is not None:
+            issued_at, expires = claims.get("iat"), claims["exp"]
+            if isinstance(issued_at, bool) or not isinstance(issued_at, (int, float)):
+                raise TokenRejected("token refused: claim iat is missing, so its lifetime cannot be checked "
+                                    f"against the policy's {self.max_token_lifetime:g}s")
+            if expires - issued_at > self.max_token_lifetime + self.leeway:
+                raise TokenRejected(f"token refused: it lives {expires - issued_at:g}s (exp - iat), longer than the "
+                                    f"policy's token lifetime of {self.max_token_lifetime:g}s; its signer does not "
+                                    "follow the policy")

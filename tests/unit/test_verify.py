@@ -176,6 +176,36 @@ def test_refuses_expired_tokens_with_leeway(server, clock):
     assert "expired" in rejected(v, token())
 
 
+def test_a_token_that_outlives_the_policys_lifetime_is_refused_saying_so(server, clock):
+    """A signer that hard-codes a longer exp than the policy's tokenLifetime (300 s here)."""
+    v = verifier(server, clock, leeway=60, max_token_lifetime=300)
+    assert v.verify(token(lifetime=300))["sub"] == "alice"
+    assert v.verify(token(lifetime=360))["sub"] == "alice", "within the leeway"
+    reason = rejected(v, token(lifetime=361))
+    assert "lives 361s (exp - iat), longer than the policy's token lifetime of 300s" in reason
+    no_iat = pyjwt.encode({"iss": "https://issuer.test", "aud": "orders", "exp": int(T0) + 60}, key().private_pem,
+                          algorithm="ES256", headers={"kid": key().kid})
+    assert "claim iat is missing" in rejected(v, no_iat)
+    assert verifier(server, clock).verify(token(lifetime=86400))["sub"] == "alice", "unchecked without a bound"
+
+
+def test_the_signer_librarys_tokens_pass_the_lifetime_check(server, clock, tmp_path):
+    from signing_key_operator.core.spec import PolicySpec
+    from signing_key_operator.k8s import objects
+    from signing_key_operator.sign import Signer
+    from tests.kubelet_volume import kubelet_update
+
+    from .test_signing_secret import POLICY, T0 as SINCE
+
+    spec = PolicySpec.from_resource("api", {"tokenLifetime": "5m", "clockSkew": "1m"})
+    secret = objects.signing_secret(POLICY, "api-signing", key(), 1, since=SINCE, replaced=None,
+                                    lifetimes=spec.signer_lifetimes())
+    kubelet_update(tmp_path / "mount", {name: value.encode() for name, value in secret["stringData"].items()})
+    signed = Signer.from_directory(tmp_path / "mount", clock=clock).sign(
+        {"iss": "https://issuer.test", "aud": "orders", "sub": "alice"})
+    assert verifier(server, clock, max_token_lifetime=300, leeway=0).verify(signed)["sub"] == "alice"
+
+
 def test_refuses_a_token_not_yet_valid_or_issued_in_the_future(server, clock):
     v = verifier(server, clock, leeway=60)
     assert "nbf" in rejected(v, token(nbf=int(T0) + 120))
