@@ -145,6 +145,9 @@ class Client:
         raise ValueError(self.lang)
 
 
+ENVOY_UNKNOWN_KID = "Jwks doesn't have key to match kid or alg from Jwt"
+"""Envoy's refusal of a token whose kid its cached set lacks (it does not refetch for one)."""
+
 CLIENTS: tuple[Client, ...] = (
     Client("PyJWT", "python", "{PyJWT} `PyJWKClient`"),
     Client("jose", "node", "{jose} `createRemoteJWKSet`"),

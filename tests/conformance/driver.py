@@ -32,13 +32,17 @@ from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
+from signing_key_operator import sign as signer_library
+
 from tests.integration.harness import REPO, free_port, terminate, wait_until
 from tests.kubelet_volume import kubelet_update
 
 from .clients import Client, VerifierProcess
-from .timeline import AUDIENCE, ISSUER, exp_leeway
+from .timeline import AUDIENCE, ISSUER, MOUNT_LAG_S, MOUNT_POLL_S, exp_leeway
 
 
+TOKEN_CLAIMS = {"iss": ISSUER, "aud": AUDIENCE, "sub": "conformance"}
+"""What the suite's tokens say besides the times and jti (the clients are told this issuer and audience)."""
 PROBE_AGENT = "conformance-probe"
 """The User-Agent of the suite's own requests to a sidecar, so they are told apart from a client's."""
 
@@ -110,69 +114,96 @@ class SigningKey:
     pem: bytes
 
 
-def read_signing_secret(core: k8s.CoreV1Api, namespace: str, name: str) -> tuple[str, SigningKey] | None:
+def read_signing_secret(core: k8s.CoreV1Api, namespace: str, name: str) -> tuple[str, dict[str, bytes]] | None:
+    """(resourceVersion, data) of the signing Secret, or None while it does not exist."""
     try:
         secret = core.read_namespaced_secret(name, namespace)
     except ApiException as error:
         if error.status == 404:
             return None
         raise
-    data = {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}
-    return secret.metadata.resource_version, SigningKey(data["kid"].decode(), data["alg"].decode(), data["private.pem"])
+    return secret.metadata.resource_version, {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}
+
+
+def signing_key(data: dict[str, bytes]) -> SigningKey:
+    return SigningKey(data["kid"].decode(), data["alg"].decode(), data["private.pem"])
 
 
 class MountedSecret(threading.Thread):
-    """What a pod sees of the signing Secret through a volume mount: every change, late.
+    """The signing Secret as a pod sees it through a volume mount: every change, late.
 
     The kubelet notices a changed Secret on its sync loop and swaps the volume's files after
-    its cache delay. Scaled down: this polls the API every ``poll`` seconds and shows each new
-    version ``lag`` seconds (uniform in the range) after it saw it, in order. The operator's
+    its cache delay. Scaled down: this polls the API every ``poll`` seconds and writes each new
+    version into :attr:`volume` ``lag`` seconds (uniform in the range) after it saw it, in
+    order, the way the kubelet's AtomicWriter does (a ``..data`` swap). The operator's
     --secret-propagation must cover poll + the longest lag.
     """
 
-    def __init__(self, kubeconfig: Path, namespace: str, name: str, poll: float, lag: tuple[float, float]):
+    APPLY_EVERY_S = 0.01
+
+    def __init__(self, kubeconfig: Path, namespace: str, name: str, poll: float, lag: tuple[float, float],
+                 volume: Path):
         super().__init__(name="mounted-secret", daemon=True)
         self.api = k8s_config.new_client_from_config(config_file=str(kubeconfig))
         self.core = k8s.CoreV1Api(self.api)
         self.namespace, self.secret_name = namespace, name
         self.poll, self.lag = poll, lag
+        self.volume = volume
+        """Where the Secret's files appear, as in the pod's mount."""
         self.stop_event = threading.Event()
         self._lock = threading.Lock()
-        self._pending: list[tuple[float, SigningKey]] = []
+        self._pending: list[tuple[float, dict[str, bytes]]] = []
         self._visible: SigningKey | None = None
         self.changes: list[dict] = []
-        """(kid, seen by the poll, visible to the signer), for the report."""
+        """(kid, lifetimes, seen by the poll, visible to the signer), for the report."""
 
     def run(self) -> None:
         version = None
+        next_poll = 0.0
         try:
             while not self.stop_event.is_set():
-                try:
-                    current = read_signing_secret(self.core, self.namespace, self.secret_name)
-                except Exception:  # noqa: BLE001 - an API hiccup is a late sync, not a test failure
-                    current = None
-                if current is not None and current[0] != version:
-                    version = current[0]
-                    now = time.time()
-                    shown = now if not self.changes else now + random.uniform(*self.lag)
-                    with self._lock:
+                if time.monotonic() >= next_poll:
+                    next_poll = time.monotonic() + self.poll
+                    try:
+                        current = read_signing_secret(self.core, self.namespace, self.secret_name)
+                    except Exception:  # noqa: BLE001 - an API hiccup is a late sync, not a test failure
+                        current = None
+                    if current is not None and current[0] != version:
+                        version = current[0]
+                        now = time.time()
+                        shown = now if not self.changes else now + random.uniform(*self.lag)
                         if not self._pending or self._pending[-1][1] != current[1]:
                             self._pending.append((shown, current[1]))
-                            self.changes.append({"kid": current[1].kid, "seen": now, "visible": shown})
-                self.stop_event.wait(self.poll)
+                            self.changes.append({"kid": current[1]["kid"].decode(),
+                                                 "lifetimes": current[1].get("lifetimes.json", b"").decode(),
+                                                 "seen": now, "visible": None})
+                self._apply_due()
+                self.stop_event.wait(self.APPLY_EVERY_S)
         finally:
             self.api.close()
 
+    def _apply_due(self) -> None:
+        while self._pending and self._pending[0][0] <= time.time():
+            _, data = self._pending.pop(0)
+            kubelet_update(self.volume, data)
+            with self._lock:
+                self._visible = signing_key(data)
+                next(change for change in self.changes if change["visible"] is None)["visible"] = time.time()
+
     def visible(self) -> SigningKey | None:
-        now = time.time()
+        """The key the mounted files hold now."""
         with self._lock:
-            while self._pending and self._pending[0][0] <= now:
-                self._visible = self._pending.pop(0)[1]
             return self._visible
 
     def stop(self) -> None:
         self.stop_event.set()
         self.join(5)
+
+
+def mount_signing_secret(kubeconfig: Path, namespace: str, policy: str, log_dir: Path) -> MountedSecret:
+    """The policy's signing Secret as the suite's signers see it: the timeline's poll and lag,
+    into ``log_dir/signing-mount``."""
+    return MountedSecret(kubeconfig, namespace, f"{policy}-signing", MOUNT_POLL_S, MOUNT_LAG_S, log_dir / "signing-mount")
 
 
 # -- a sidecar on a mounted file, and keys made here (no operator) --------------------------------
@@ -248,14 +279,17 @@ class Token:
     exp: int
     value: str
     probe: bool = False
+    iat: int | None = None
 
 
 def sign(key: SigningKey, seq: int, lifetime: int, probe: bool = False) -> Token:
+    """A token signed here with ``key`` (a stand-in for a signer that kept a key, as the
+    revoke probes need, or for keys no operator made); the run's tokens come from the library."""
     now = time.time()
     iat = int(now)
-    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "conformance", "iat": iat, "exp": iat + lifetime, "jti": str(seq)}
+    claims = {**TOKEN_CLAIMS, "iat": iat, "exp": iat + lifetime, "jti": str(seq)}
     value = jwt.encode(claims, key.pem, algorithm=key.alg, headers={"kid": key.kid})
-    return Token(seq, key.kid, key.alg, now, iat + lifetime, value, probe)
+    return Token(seq, key.kid, key.alg, now, iat + lifetime, value, probe, iat)
 
 
 @dataclass
@@ -352,12 +386,15 @@ class Scheduler(threading.Thread):
 
 
 class Signer(threading.Thread):
-    """Signs a token every ``beat`` seconds with whatever key the mounted Secret shows."""
+    """Signs a token every ``beat`` seconds with the signer library
+    (``signing_key_operator.sign``) reading the mounted Secret, as an application does: the key
+    and the lifetime are whatever the volume holds then."""
 
-    def __init__(self, mounted: MountedSecret, scheduler: Scheduler, beat: float, lifetime: int):
+    def __init__(self, mounted: MountedSecret, scheduler: Scheduler, beat: float):
         super().__init__(name="signer", daemon=True)
         self.mounted, self.scheduler = mounted, scheduler
-        self.beat, self.lifetime = beat, lifetime
+        self.beat = beat
+        self.library = signer_library.Signer.from_directory(mounted.volume)
         self.stop_event = threading.Event()
         self.seq = itertools.count(1)
         self.signed: list[Token] = []
@@ -367,9 +404,9 @@ class Signer(threading.Thread):
         next_beat = time.time()
         try:
             while not self.stop_event.is_set():
-                key = self.mounted.visible()
-                if key is not None:
-                    token = sign(key, next(self.seq), self.lifetime)
+                if self.mounted.visible() is not None:
+                    token = library_token(self.library.sign(TOKEN_CLAIMS),
+                                          next(self.seq))
                     self.signed.append(token)
                     self.scheduler.add(token)
                 next_beat += self.beat
@@ -380,6 +417,12 @@ class Signer(threading.Thread):
     def stop(self) -> None:
         self.stop_event.set()
         self.join(5)
+
+
+def library_token(value: str, seq: int) -> Token:
+    """A token the library signed, described from its own header and claims."""
+    header, claims = jwt.get_unverified_header(value), jwt.decode(value, options={"verify_signature": False})
+    return Token(seq, header["kid"], header["alg"], time.time(), claims["exp"], value, iat=claims["iat"])
 
 
 class ServedHistory(threading.Thread):
@@ -409,6 +452,12 @@ class ServedHistory(threading.Thread):
                 break
             served = kids
         return served
+
+    def first_with(self, kid: str, after: float) -> float | None:
+        for sampled, kids in self.samples:
+            if sampled >= after and kid in kids:
+                return sampled
+        return None
 
     def first_without(self, kid: str, after: float) -> float | None:
         for sampled, kids in self.samples:
@@ -444,14 +493,14 @@ def warm_up(processes: dict[str, VerifierProcess], key: SigningKey, lifetime: in
 
 
 def start_verifying(processes: dict[str, VerifierProcess], recorder: Recorder, mounted: MountedSecret,
-                    beat: float, lifetime: int, margin: float) -> tuple[list[ClientWorker], Scheduler, Signer]:
+                    beat: float, margin: float) -> tuple[list[ClientWorker], Scheduler, Signer]:
     """A worker per client, the scheduler, and a signer signing every ``beat`` seconds."""
     workers = [ClientWorker(process, recorder) for process in processes.values()]
     for worker in workers:
         worker.start()
     scheduler = Scheduler(workers, margin)
     scheduler.start()
-    signer = Signer(mounted, scheduler, beat, lifetime)
+    signer = Signer(mounted, scheduler, beat)
     signer.start()
     return workers, scheduler, signer
 

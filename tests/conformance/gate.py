@@ -45,6 +45,7 @@ from .driver import (
     Signer,
     SigningKey,
     Verdict,
+    mount_signing_secret,
     start_clients,
     start_verifying,
     stop_verifying,
@@ -179,7 +180,7 @@ class Arm:
         self.endpoint_history = ServedHistory(_EndpointView(self.endpoint))  # type: ignore[arg-type]
         self.sidecar_history.start()
         self.endpoint_history.start()
-        self.mounted = MountedSecret(self.kubeconfig, self.namespace, f"{self.policy}-signing", MOUNT_POLL_S, MOUNT_LAG_S)
+        self.mounted = mount_signing_secret(self.kubeconfig, self.namespace, self.policy, self.log_dir)
         self.mounted.start()
 
     def wait_served(self) -> None:
@@ -202,7 +203,7 @@ class Arm:
 
     def start_signing(self) -> None:
         self.workers, self.scheduler, self.signer = start_verifying(
-            self.processes, self.recorder, self.mounted, SIGNER_BEAT_S, TOKEN_LIFETIME_S, OLDEST_MARGIN_S
+            self.processes, self.recorder, self.mounted, SIGNER_BEAT_S, OLDEST_MARGIN_S
         )
         self.active = self.policies.get(self.policy)["status"]["activeKid"]
         self.started_at = time.time()

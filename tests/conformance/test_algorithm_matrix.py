@@ -1,7 +1,7 @@
 """The algorithm matrix: every algorithm the CRD allows x every client, with library defaults.
 
 One policy per algorithm, a sidecar for each, one token signed with each policy's signing
-key; each client builds a fresh default client per JWKS URL (configured for the algorithm
+key (by the signer library, reading the Secret through the API); each client builds a fresh default client per JWKS URL (configured for the algorithm
 where the library asks for one, as its users do) and verifies that token. The table goes to
 tests/conformance/algorithm-matrix.md and must equal the README's marked section;
 SKO_UPDATE_README=1 rewrites that section instead of failing.
@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from signing_key_operator import sign as signer_library
 from tests.integration.harness import CRD_PATH, REPO
 
 from .clients import CLIENTS
-from .driver import Sidecar, read_signing_secret, sign, start_clients
+from .driver import TOKEN_CLAIMS, Sidecar, library_token, start_clients
 from .timeline import CLIENT_IDENTITY_ARGS
 
 MATRIX_FILE = Path(__file__).resolve().parent / "algorithm-matrix.md"
@@ -123,10 +124,12 @@ def matrix(kubeconfig, conformance_namespace, conformance_policies, summary, tmp
             sidecar.wait_ready()
         tokens = {}
         for seq, (alg, name) in enumerate(names.items(), 1):
-            _, key = read_signing_secret(policies.core, conformance_namespace, f"{name}-signing")
-            assert key.alg == alg
-            kids.add(key.kid)
-            tokens[alg] = sign(key, seq, 600)
+            # the signer library reading the Secret through the API (the rotation run mounts it)
+            signer = signer_library.Signer.from_secret(conformance_namespace, f"{name}-signing",
+                                                       api_client=policies.core.api_client)
+            tokens[alg] = library_token(signer.sign(TOKEN_CLAIMS), seq)
+            assert tokens[alg].alg == alg
+            kids.add(tokens[alg].kid)
         processes = start_clients(CLIENTS, CLIENT_IDENTITY_ARGS, log_dir)
         for alg in algorithms:
             results[alg] = {}

@@ -21,19 +21,19 @@ import pytest
 
 from tests.integration.harness import wait_until
 
-from .clients import Client
+from .clients import ENVOY_UNKNOWN_KID, Client
 from .driver import (
     ClientWorker,
-    MountedSecret,
     Recorder,
     Sidecar,
     drain,
+    mount_signing_secret,
     start_clients,
     start_verifying,
     stop_verifying,
     warm_up,
 )
-from .timeline import CLIENT_IDENTITY_ARGS, CLOCK_SKEW_S, MOUNT_LAG_S, MOUNT_POLL_S, OLDEST_MARGIN_S, SIGNER_BEAT_S
+from .timeline import CLIENT_IDENTITY_ARGS, CLOCK_SKEW_S, OLDEST_MARGIN_S, SIGNER_BEAT_S
 
 POLICY = "envoy-short-publish-ahead"
 SCALE = 60
@@ -54,8 +54,6 @@ SIGN_AFTER_LAST_ROTATION_S = 3.0
 MISCONFIGURED = Client("Envoy cache_duration 10 min", "envoy", "{Envoy} `jwt_authn`, cache_duration default")
 CONTROL = Client("Envoy cache_duration 1 min", "envoy", "{Envoy} `jwt_authn`, cache_duration 1 min")
 CACHE_S = {MISCONFIGURED.name: 600 / SCALE, CONTROL.name: 60 / SCALE}
-# Envoy's message when no key of the set matches the token's kid.
-UNKNOWN_KID = "Jwks doesn't have key to match kid or alg from Jwt"
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +63,7 @@ def negative_run(kubeconfig, conformance_namespace, conformance_policies, summar
     policies.create(POLICY, SPEC)
     policies.wait_ready(POLICY, 60)
     sidecar = Sidecar(kubeconfig, conformance_namespace, f"{POLICY}-jwks", log_dir / "sidecar.log").wait_ready()
-    mounted = MountedSecret(kubeconfig, conformance_namespace, f"{POLICY}-signing", MOUNT_POLL_S, MOUNT_LAG_S)
+    mounted = mount_signing_secret(kubeconfig, conformance_namespace, POLICY, log_dir)
     clients = (MISCONFIGURED, CONTROL)
     args = {
         client.name: ["--url", sidecar.url, *CLIENT_IDENTITY_ARGS["Envoy"], "--concurrency", "2",
@@ -82,8 +80,7 @@ def negative_run(kubeconfig, conformance_namespace, conformance_policies, summar
         key = wait_until(mounted.visible, 30, "the signer to see the signing Secret")
         processes = start_clients(clients, args, log_dir)
         warm_up(processes, key, TOKEN_LIFETIME_S)
-        workers, scheduler, signer = start_verifying(processes, recorder, mounted, SIGNER_BEAT_S, TOKEN_LIFETIME_S,
-                                                     OLDEST_MARGIN_S)
+        workers, scheduler, signer = start_verifying(processes, recorder, mounted, SIGNER_BEAT_S, OLDEST_MARGIN_S)
         active = policies.get(POLICY)["status"]["activeKid"]
         deadline = time.monotonic() + (ROTATIONS + 2) * INTERVAL_S + 30
         while len(activations) < ROTATIONS or time.time() - activations[-1]["at"] < SIGN_AFTER_LAST_ROTATION_S:
@@ -136,7 +133,7 @@ def test_envoy_with_a_cache_longer_than_publish_ahead_refuses_tokens_of_the_new_
     figures = negative_run["clients"][MISCONFIGURED.name]
     assert negative_run["rotations"] >= ROTATIONS
     assert figures["failed"] > 0, f"a 10 s cache against a 2 s publishAhead refused nothing: {figures}"
-    assert all(UNKNOWN_KID in reason for reason in figures["reasons"]), figures["reasons"]
+    assert all(ENVOY_UNKNOWN_KID in reason for reason in figures["reasons"]), figures["reasons"]
     # Refused at most until the worker's cache ran out: cache_duration less publishAhead, plus
     # the scheduling slack of a loaded machine.
     assert max(figures["new_key_refused_for_s"]) <= CACHE_S[MISCONFIGURED.name] - PUBLISH_AHEAD_S + 2, figures
