@@ -25,6 +25,7 @@ from .devcluster.cluster import DevCluster
 from .devcluster.crd import CRD_DIR, install_crds
 from .k8s.objects import parse_time
 from .revoke_cli import revoke
+from .sign import Signer
 from .verify import RevokedToken, Verifier
 
 DEMO_NAMESPACE = "demo"
@@ -203,17 +204,22 @@ def run_demo(directory: Path) -> int:
     _say(f"+{time.monotonic() - requested:.1f}s key {new_kid} now signs (Secret {DEMO_POLICY}-signing); "
          f"the old key {active} stays served for its tokens' lifetime")
 
-    token = _sign_demo_token(signing_secret())
+    # As an application signs: the library reads the signing Secret (here through the API; a
+    # pod mounts it) and sets kid, iat, exp (the policy's tokenLifetime) and a random jti.
+    signer = Signer.from_secret(DEMO_NAMESPACE, f"{DEMO_POLICY}-signing", api_client=api)
+    token = signer.sign({"sub": "demo-user"})
     base = f"http://127.0.0.1:{sidecar_port}"
     verifier = Verifier(f"{base}/.well-known/jwks.json", revocations_url=f"{base}/revocations.json")
-    _say(f"a token signed with {new_kid} verifies: sub={verifier.verify(token)['sub']}")
+    claims = verifier.verify(token)
+    _say(f"the signer library made a token with {new_kid} (sub={claims['sub']}, jti={claims['jti']}, "
+         f"lives {claims['exp'] - claims['iat']}s: the policy's tokenLifetime); it verifies")
     _say("revoking it: signing-key-operator revoke-token -n "
          f"{DEMO_NAMESPACE} --policy {DEMO_POLICY} --reason demo <token>")
     _say(revoke(api, DEMO_NAMESPACE, DEMO_POLICY, token, reason="demo"))
     revoked = time.monotonic()
-    _wait(lambda: "demo-token" in json.loads(urllib.request.urlopen(f"{base}/revocations.json", timeout=5).read())["jti"],
+    _wait(lambda: claims["jti"] in json.loads(urllib.request.urlopen(f"{base}/revocations.json", timeout=5).read())["jti"],
           30, "the revocation to be served")
-    _say(f"+{time.monotonic() - revoked:.1f}s {base}/revocations.json lists jti demo-token")
+    _say(f"+{time.monotonic() - revoked:.1f}s {base}/revocations.json lists jti {claims['jti']}")
 
     def refusal() -> str | None:
         try:
@@ -239,15 +245,3 @@ The demo keeps running. Try:
 Stop everything with: make down
 """, flush=True)
     return 0
-
-
-def _sign_demo_token(signing: dict[str, str]) -> str:
-    """A token as an app mounting the signing Secret makes it (jti demo-token, the policy's 1 m)."""
-    from joserfc import jwt
-    from joserfc.jwk import import_key
-
-    now = int(time.time())
-    key_type = {"ES": "EC", "RS": "RSA", "PS": "RSA", "Ed": "OKP"}[signing["alg"][:2]]
-    key = import_key(signing["private.pem"], key_type)
-    claims = {"sub": "demo-user", "jti": "demo-token", "iat": now, "exp": now + 60}
-    return jwt.encode({"alg": signing["alg"], "kid": signing["kid"]}, claims, key, algorithms=[signing["alg"]])
