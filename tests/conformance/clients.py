@@ -59,6 +59,7 @@ SOURCES: dict[str, tuple[str, ...]] = {
         "src/main/java/dev/signingkeys/examples/revocation/RevocationList.java",
         "src/main/java/dev/signingkeys/examples/revocation/RevocationListUnavailableException.java",
         "src/main/java/dev/signingkeys/examples/revocation/RevocationValidator.java",
+        "src/main/java/dev/signingkeys/examples/revocation/TokenLifetimeValidator.java",
     ),
 }
 

@@ -120,13 +120,13 @@ class Sidecar:
 class Example:
     """``java -jar spring-revocation.jar``: one token per line in, one JSON line out."""
 
-    def __init__(self, jwks_url: str, revocations_url: str, log_path: Path):
+    def __init__(self, jwks_url: str, revocations_url: str, log_path: Path, extra_args: tuple[str, ...] = ()):
         self.log_path = log_path
         self._log = open(log_path, "ab")
         self.process = subprocess.Popen(
             ["java", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xss512k",
              "-jar", str(build_dir(BUILD) / "target" / "spring-revocation.jar"),
-             "--jwks-url", jwks_url, "--revocations-url", revocations_url],
+             "--jwks-url", jwks_url, "--revocations-url", revocations_url, *extra_args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1,
         )
         self._lines: queue.Queue[str | None] = queue.Queue()
@@ -177,9 +177,10 @@ def example(sidecar, tmp_path):
     """A factory of fresh example processes (an empty cache each), closed after the test."""
     started: list[Example] = []
 
-    def start(revocations_url: str | None = None, jwks_url: str | None = None) -> Example:
+    def start(revocations_url: str | None = None, jwks_url: str | None = None, extra_args: tuple[str, ...] = ()) -> Example:
         process = Example(jwks_url or f"{sidecar.base}/.well-known/jwks.json",
-                          revocations_url or f"{sidecar.base}/revocations.json", tmp_path / f"example-{len(started)}.log")
+                          revocations_url or f"{sidecar.base}/revocations.json", tmp_path / f"example-{len(started)}.log",
+                          extra_args)
         started.append(process)
         return process
 
@@ -188,11 +189,12 @@ def example(sidecar, tmp_path):
         process.close()
 
 
-def sign(key: KeyMaterial, *, sub: str = "alice", iat: int | None = None, jti: str | None = None, with_iat: bool = True) -> tuple[str, str]:
+def sign(key: KeyMaterial, *, sub: str = "alice", iat: int | None = None, jti: str | None = None, with_iat: bool = True,
+         lifetime: int = 300) -> tuple[str, str]:
     """(token, jti) signed like the policy's issuer signs: kid header, iat, exp, jti."""
     now = int(time.time())
     jti = jti or uuid.uuid4().hex
-    claims = {"sub": sub, "jti": jti, "exp": now + 300}
+    claims = {"sub": sub, "jti": jti, "exp": now + lifetime}
     if with_iat:
         claims["iat"] = now if iat is None else iat
     return jwt.encode(claims, key.private_pem, algorithm=key.alg, headers={"kid": key.kid}), jti
@@ -207,6 +209,18 @@ def assert_revoked(answer: dict, reason: str) -> None:
     assert answer["ok"] is False and answer["status"] == 401, answer
     assert answer["error"].startswith('Bearer error="invalid_token"'), answer
     assert reason in answer["error"], answer
+
+
+def test_a_token_longer_lived_than_the_policy_is_refused_by_the_lifetime_validator(sidecar, example, key):
+    """A stand-in for an application that hard-codes a longer lifetime than the policy's 300 s."""
+    sidecar.publish(RevocationDocument())
+    spring = example(extra_args=("--max-token-lifetime-seconds", "300"))
+    assert_ok(spring.verify(sign(key, lifetime=300)[0]))
+    assert_ok(spring.verify(sign(key, lifetime=360)[0]))  # within the default clock skew of 60 s
+    assert_revoked(spring.verify(sign(key, lifetime=361)[0]),
+                   "token lives 361s (exp - iat), longer than the policy's token lifetime of 300s")
+    # Without the setting the example keeps Spring's defaults: the same token is accepted.
+    assert_ok(example().verify(sign(key, lifetime=361)[0]))
 
 
 def test_revoked_jti_refused_and_fresh_token_accepted(sidecar, example, key):

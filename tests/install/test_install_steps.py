@@ -151,3 +151,17 @@ def test_the_pinned_control_plane_is_named_by_version_and_recipe(tmp_path):
     assert f"gitVersion={k8s_version}" in node.ldflags
     assert etcd.out_dir.name.startswith(f"etcd-{etcd_version}-")
     assert f"gitVersion={k8s_version}" in kube.ldflags
+
+
+def test_every_source_file_of_a_verifier_build_is_in_its_cache_key():
+    """A verifier build is cached under a hash of the files SOURCES lists (clients.py); a source
+    file missing there could change without a rebuild, and CI would test a stale build."""
+    from tests.conformance.clients import SOURCE_ROOTS, SOURCES, VERIFIERS_DIR
+
+    code = {".java", ".py", ".mjs", ".js", ".go"}
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for lang, listed in SOURCES.items():
+        root = SOURCE_ROOTS.get(lang, VERIFIERS_DIR / lang).relative_to(REPO).as_posix()
+        sources = {path[len(root) + 1:] for path in tracked if path.startswith(root + "/") and Path(path).suffix in code}
+        assert sources, f"{lang}: no source files under {root}"
+        assert sources <= set(listed), f"{lang}: {sorted(sources - set(listed))} not in SOURCES, so not in its cache key"

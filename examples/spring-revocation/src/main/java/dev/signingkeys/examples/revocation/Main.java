@@ -29,6 +29,7 @@ import org.springframework.web.context.support.AnnotationConfigWebApplicationCon
  *
  * <pre>
  * java -jar spring-revocation.jar --jwks-url URL --revocations-url URL [--alg ES256] [--issuer ISS]
+ *                                  [--max-token-lifetime-seconds N]
  * </pre>
  *
  * Protocol (stdin/stdout, one line each way, like tests/conformance/verifiers/java): a JWT
@@ -111,6 +112,7 @@ public final class Main {
 				case "--revocations-url" -> "signingkeys.revocations-url";
 				case "--alg" -> "signingkeys.jws-algorithm";
 				case "--issuer" -> "signingkeys.issuer";
+				case "--max-token-lifetime-seconds" -> "signingkeys.max-token-lifetime-seconds";
 				default -> null;
 			};
 			if (name == null) {
@@ -120,7 +122,8 @@ public final class Main {
 		}
 		if (args.length % 2 != 0 || properties.size() * 2 != args.length || !properties.containsKey("signingkeys.jwks-url")
 				|| !properties.containsKey("signingkeys.revocations-url")) {
-			System.err.println("usage: java -jar spring-revocation.jar --jwks-url URL --revocations-url URL [--alg ALG] [--issuer ISSUER]");
+			System.err.println("usage: java -jar spring-revocation.jar --jwks-url URL --revocations-url URL [--alg ALG] [--issuer ISSUER] "
+					+ "[--max-token-lifetime-seconds N]");
 			System.exit(2);
 		}
 
