@@ -107,7 +107,8 @@ class Signer:
 
     @classmethod
     def from_directory(cls, path: str | os.PathLike, *, clock: Callable[[], float] = time.time) -> Signer:
-        """The signing Secret mounted as a volume (the chart's ``signing.mountPath``)."""
+        """The signing Secret mounted as a volume in the signing pod (a ``secret`` volume of
+        ``<policy>-signing``, or the policy's ``signingSecretName``)."""
         directory = Path(path)
         return cls(lambda: _directory_version(directory), lambda version: _read_directory(directory, version),
                    clock=clock)
@@ -149,26 +150,26 @@ class Signer:
             try:
                 for _attempt in range(3):
                     version = self._read_version()
-                    if version == self._version and self._current is not None:
+                    if version == self._version:
                         break
                     try:
                         files = self._read_files(version)
                     except _VersionMoved:
                         continue  # the kubelet swapped it in the meantime: read the new one
-                    self._current = SigningKey.from_files(files)
+                    # Recorded before it is parsed: an unusable version is reported once, not
+                    # parsed again for every token (an RSA key takes 0.1 s or more to check).
                     self._version = version
+                    self._current = SigningKey.from_files(files)
                     self.last_error = None
                     break
+                else:
+                    self.last_error = "the signing Secret kept changing while it was read"
             except SigningUnavailable as error:
                 self.last_error = str(error)
-                if self._current is None:
-                    raise
             except OSError as error:
                 self.last_error = f"the signing Secret could not be read ({type(error).__name__}: {error.strerror})"
-                if self._current is None:
-                    raise SigningUnavailable(self.last_error) from None
             if self._current is None:
-                raise SigningUnavailable("the signing Secret kept changing while it was read")
+                raise SigningUnavailable(self.last_error or "no version of the signing Secret has been read")
             return self._current
 
     def sign(self, claims: Mapping[str, Any], *, lifetime: float | timedelta | None = None,

@@ -180,3 +180,21 @@ def test_no_token_outlives_its_class(default, classes, requested, pick):
         return
     assert 1 <= seconds <= allowed
     assert requested is None or seconds <= max(1, requested)
+
+
+def test_an_unusable_version_is_parsed_once_not_for_every_token(volume):
+    good = generate_key("ES256")
+    kubelet_update(volume, _files(good))
+    directory = Signer.from_directory(volume)
+    reads = []
+
+    def counted(version):
+        reads.append(version)
+        return directory._read_files(version)
+
+    signer = Signer(directory._read_version, counted)
+    signer.sign({})
+    kubelet_update(volume, {**_files(good), "lifetimes.json": b"{}"})
+    for _ in range(5):
+        assert pyjwt.get_unverified_header(signer.sign({}))["kid"] == good.kid
+    assert len(reads) == 2 and "tokenLifetimeSeconds must be" in signer.last_error
