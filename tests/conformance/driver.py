@@ -485,9 +485,12 @@ class Recorder:
 
 
 def warm_up(processes: dict[str, VerifierProcess], key: SigningKey, lifetime: int) -> None:
-    """One token to each client, not counted: start-up (a JVM takes a second or more)."""
-    warm = sign(key, 0, lifetime)
+    """One token to each client, not counted: start-up (a JVM takes a second or more). Signed
+    for each client just before it is asked: the clients before it may take longer than a
+    token lives (in an empty-cache run the seven before oauth2-proxy took more than 5 s, and
+    oauth2-proxy, which allows no leeway past exp, refused the one shared token as expired)."""
     for name, process in processes.items():
+        warm = sign(key, 0, lifetime)
         ok, reason = process.verify(warm.value)
         assert ok, f"{name} refused the first token: {reason} (log: {process.log_path})"
 
