@@ -44,9 +44,9 @@ def cache_root() -> Path:
 # verifiers/<lang>/.
 SOURCES: dict[str, tuple[str, ...]] = {
     "python": ("requirements.txt", "verify.py"),
-    "node": ("package.json", "package-lock.json", "verify.mjs"),
+    "node": ("package.json", "package-lock.json", "sign.mjs", "verify.mjs"),
     "java": ("pom.xml", "src/main/java/dev/signingkeys/conformance/Verifier.java"),
-    "go": ("go.mod", "go.sum", "main.go"),
+    "go": ("go.mod", "go.sum", "main.go", "sign/main.go"),
     # The gateways (verifiers/gateway, SOURCE_ROOTS): one adapter, and what pins each gateway.
     "envoy": ("envoy-requirements.txt", "gateway.py"),
     "oauth2-proxy": ("oauth2-proxy.module", "gateway.py"),

@@ -37,7 +37,7 @@ from signing_key_operator import sign as signer_library
 from tests.integration.harness import REPO, free_port, terminate, wait_until
 from tests.kubelet_volume import kubelet_update
 
-from .clients import Client, VerifierProcess
+from .clients import Client, VerifierProcess, build_dir
 from .timeline import AUDIENCE, ISSUER, MOUNT_LAG_S, MOUNT_POLL_S, exp_leeway
 
 
@@ -206,6 +206,15 @@ def mount_signing_secret(kubeconfig: Path, namespace: str, policy: str, log_dir:
     return MountedSecret(kubeconfig, namespace, f"{policy}-signing", MOUNT_POLL_S, MOUNT_LAG_S, log_dir / "signing-mount")
 
 
+def ready_policy_with_mount(policies, kubeconfig: Path, namespace: str, policy: str, spec: dict,
+                            log_dir: Path) -> MountedSecret:
+    """A policy created and Ready, and its signing Secret mounted for the suite's signers (not
+    started)."""
+    policies.create(policy, spec)
+    policies.wait_ready(policy, 60)
+    return mount_signing_secret(kubeconfig, namespace, policy, log_dir)
+
+
 # -- a sidecar on a mounted file, and keys made here (no operator) --------------------------------
 
 def new_key(kid: str) -> tuple[dict, SigningKey]:
@@ -280,6 +289,8 @@ class Token:
     value: str
     probe: bool = False
     iat: int | None = None
+    signer: str = "python"
+    """Which signer made it: the Python library, a snippet (SNIPPET_SIGNERS), or the suite."""
 
 
 def sign(key: SigningKey, seq: int, lifetime: int, probe: bool = False) -> Token:
@@ -388,13 +399,17 @@ class Scheduler(threading.Thread):
 class Signer(threading.Thread):
     """Signs a token every ``beat`` seconds with the signer library
     (``signing_key_operator.sign``) reading the mounted Secret, as an application does: the key
-    and the lifetime are whatever the volume holds then."""
+    and the lifetime are whatever the volume holds then. With ``snippets`` (name -> process),
+    each of those signs one too, from the same volume."""
 
-    def __init__(self, mounted: MountedSecret, scheduler: Scheduler, beat: float):
+    def __init__(self, mounted: MountedSecret, scheduler: Scheduler, beat: float,
+                 snippets: dict[str, SnippetSigner] | None = None):
         super().__init__(name="signer", daemon=True)
         self.mounted, self.scheduler = mounted, scheduler
         self.beat = beat
-        self.library = signer_library.Signer.from_directory(mounted.volume)
+        library = signer_library.Signer.from_directory(mounted.volume)
+        self.sources: dict[str, Callable[[dict], str]] = {
+            "python": library.sign, **{name: snippet.sign for name, snippet in (snippets or {}).items()}}
         self.stop_event = threading.Event()
         self.seq = itertools.count(1)
         self.signed: list[Token] = []
@@ -405,10 +420,10 @@ class Signer(threading.Thread):
         try:
             while not self.stop_event.is_set():
                 if self.mounted.visible() is not None:
-                    token = library_token(self.library.sign(TOKEN_CLAIMS),
-                                          next(self.seq))
-                    self.signed.append(token)
-                    self.scheduler.add(token)
+                    for name, sign_with in self.sources.items():
+                        token = library_token(sign_with(TOKEN_CLAIMS), next(self.seq), name)
+                        self.signed.append(token)
+                        self.scheduler.add(token)
                 next_beat += self.beat
                 self.stop_event.wait(max(0.0, next_beat - time.time()))
         except BaseException as error:  # noqa: BLE001 - surfaced by the test
@@ -419,10 +434,50 @@ class Signer(threading.Thread):
         self.join(5)
 
 
-def library_token(value: str, seq: int) -> Token:
-    """A token the library signed, described from its own header and claims."""
+def library_token(value: str, seq: int, signer: str = "python") -> Token:
+    """A token a signer made, described from its own header and claims."""
     header, claims = jwt.get_unverified_header(value), jwt.decode(value, options={"verify_signature": False})
-    return Token(seq, header["kid"], header["alg"], time.time(), claims["exp"], value, iat=claims["iat"])
+    return Token(seq, header["kid"], header["alg"], time.time(), claims["exp"], value, iat=claims["iat"], signer=signer)
+
+
+class SnippetSigner:
+    """One of the documented signer snippets (verifiers/node/sign.mjs, verifiers/go/sign) as a
+    process reading the mounted Secret: a JSON request per line, a token (or ``fail: ...``) back."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path):
+        self.name, self.log_path = name, log_path
+        self._log = open(log_path, "ab")
+        self._lock = threading.Lock()
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                                        text=True, bufsize=1)
+
+    def sign(self, claims: dict, lifetime_class: str | None = None, lifetime: int | None = None) -> str:
+        request = {"claims": claims, **({"class": lifetime_class} if lifetime_class else {}),
+                   **({"lifetime": lifetime} if lifetime is not None else {})}
+        with self._lock:
+            assert self.process.stdin is not None and self.process.stdout is not None
+            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.flush()
+            answer = self.process.stdout.readline().strip()
+        if not answer or answer.startswith("fail: "):
+            raise RuntimeError(f"{self.name} signer: {answer or 'no answer'} (log: {self.log_path})")
+        return answer
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        terminate(self.process, grace=5)
+        self._log.close()
+
+
+def start_snippet_signers(volume: Path, log_dir: Path) -> dict[str, SnippetSigner]:
+    """The Node (jose) and Go (golang-jwt) snippets, from the suite's builds, on ``volume``."""
+    return {
+        "Node jose": SnippetSigner("Node jose", ["node", str(build_dir("node") / "sign.mjs"), "--dir", str(volume)],
+                                   log_dir / "signer-node.log"),
+        "Go golang-jwt": SnippetSigner("Go golang-jwt", [str(build_dir("go") / "gosigner"), "--dir", str(volume)],
+                                       log_dir / "signer-go.log"),
+    }
 
 
 class ServedHistory(threading.Thread):

@@ -99,7 +99,7 @@ build_python() {
 
 build_node() {
   local src="$1" out="$2"
-  cp "$src/package.json" "$src/package-lock.json" "$src/verify.mjs" "$out/"
+  cp "$src/package.json" "$src/package-lock.json" "$src/verify.mjs" "$src/sign.mjs" "$out/"
   npm ci --no-audit --no-fund --ignore-scripts >"$out/npm.log" 2>&1 || { cat "$out/npm.log" >&2; return 1; }
   [[ -f "$out/node_modules/jose/package.json" ]] || die "npm ci did not install jose"
 }
@@ -114,6 +114,7 @@ build_java() {
 build_go() {
   local src="$1" out="$2"
   ( cd "$src" && GOFLAGS="${GOFLAGS:-} -mod=readonly" go build -trimpath -o "$out/goverifier" . )
+  ( cd "$src" && GOFLAGS="${GOFLAGS:-} -mod=readonly" go build -trimpath -o "$out/gosigner" ./sign )
 }
 
 # The gateways: their sources (the adapter and what pins each gateway) are in verifiers/gateway,

@@ -21,7 +21,7 @@ from signing_key_operator import sign as signer_library
 from signing_key_operator.verify import TokenRejected, Verifier
 from tests.integration.harness import GROUP, PLURAL, VERSION, wait_until
 
-from .driver import TOKEN_CLAIMS, Sidecar, mount_signing_secret, sign
+from .driver import TOKEN_CLAIMS, Sidecar, ready_policy_with_mount, sign
 from .timeline import AUDIENCE, CLOCK_SKEW_S, ISSUER, POLICY_SPEC, TOKEN_LIFETIME_S
 
 POLICY = "signer-lifetimes"
@@ -39,9 +39,7 @@ def _lifetime(token: str) -> int:
 def lifetime_run(kubeconfig, conformance_namespace, conformance_policies, summary, tmp_path_factory):
     policies = conformance_policies
     log_dir = tmp_path_factory.mktemp("conformance-signer-lifetimes")
-    policies.create(POLICY, POLICY_SPEC)
-    policies.wait_ready(POLICY, 60)
-    mounted = mount_signing_secret(kubeconfig, conformance_namespace, POLICY, log_dir)
+    mounted = ready_policy_with_mount(policies, kubeconfig, conformance_namespace, POLICY, POLICY_SPEC, log_dir)
     sidecar = Sidecar(kubeconfig, conformance_namespace, f"{POLICY}-jwks", log_dir / "sidecar.log")
     result: dict = {}
     try:

@@ -1,0 +1,134 @@
+"""The documented signer snippets (Node jose, Go golang-jwt) and the Python library, through 10
+rotations, on a mount that gets every change late.
+
+One policy on the suite's timeline, the signing Secret in a kubelet-style volume
+(driver.MountedSecret), and three signers reading it: ``signing_key_operator.sign`` and the
+snippets of examples/signers/README.md run as processes (verifiers/node/sign.mjs,
+verifiers/go/sign). Every 0.3 s each signs a token, and every client of the suite verifies it
+fresh, half-way and at the oldest age it accepts. Rotations are requested with the rotate
+annotation, one after another, until there have been 10.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+
+import pytest
+
+from signing_key_operator.core.planner import ROTATE_ANNOTATION
+from tests.integration.harness import wait_until
+
+from .clients import CLIENTS
+from .driver import (
+    ClientWorker,
+    Recorder,
+    Scheduler,
+    Sidecar,
+    Signer,
+    drain,
+    ready_policy_with_mount,
+    start_clients,
+    start_snippet_signers,
+    stop_verifying,
+    warm_up,
+)
+from .timeline import CLIENT_ARGS, CLOCK_SKEW_S, OLDEST_MARGIN_S, POLICY_SPEC, TOKEN_LIFETIME_S, exp_leeway
+
+POLICY = "signer-snippets"
+ROTATIONS = 10
+BEAT_S = 0.3
+ROTATION_TIMEOUT_S = 30
+SIGNERS = ("python", "Node jose", "Go golang-jwt")
+
+
+@pytest.fixture(scope="module")
+def snippet_run(kubeconfig, conformance_namespace, conformance_policies, summary, tmp_path_factory):
+    policies = conformance_policies
+    log_dir = tmp_path_factory.mktemp("conformance-signer-snippets")
+    mounted = ready_policy_with_mount(policies, kubeconfig, conformance_namespace, POLICY, POLICY_SPEC, log_dir)
+    sidecar = Sidecar(kubeconfig, conformance_namespace, f"{POLICY}-jwks", log_dir / "sidecar.log")
+    processes, workers, snippets = {}, [], {}
+    scheduler = signer = None
+    rotations = []
+    try:
+        mounted.start()
+        sidecar.wait_ready()
+        wait_until(mounted.visible, 30, "the signers to see the signing Secret")
+        processes = start_clients(CLIENTS, {name: ["--url", sidecar.url, *args] for name, args in CLIENT_ARGS.items()},
+                                  log_dir)
+        warm_up(processes, mounted.visible(), TOKEN_LIFETIME_S)
+        snippets = start_snippet_signers(mounted.volume, log_dir)
+        recorder = Recorder()
+        workers = [ClientWorker(process, recorder) for process in processes.values()]
+        for worker in workers:
+            worker.start()
+        scheduler = Scheduler(workers, OLDEST_MARGIN_S)
+        scheduler.start()
+        signer = Signer(mounted, scheduler, BEAT_S, snippets)
+        signer.start()
+        for number in range(ROTATIONS):
+            active = policies.get(POLICY)["status"]["activeKid"]
+            policies.annotate(POLICY, {ROTATE_ANNOTATION: f"snippets-{number}-{time.time():.3f}"})
+            wait_until(lambda: policies.get(POLICY)["status"].get("activeKid") not in (None, active),
+                       ROTATION_TIMEOUT_S, f"rotation {number + 1}")
+            rotations.append(time.time())
+            if signer.error is not None:
+                raise RuntimeError(f"a signer failed: {signer.error!r}")
+        time.sleep(3)  # the last key signs a while
+        signer.stop()
+        if signer.error is not None:
+            raise RuntimeError(f"a signer failed: {signer.error!r}")
+        drain(scheduler, workers, TOKEN_LIFETIME_S + CLOCK_SKEW_S + 10)
+        verdicts = recorder.snapshot()
+    finally:
+        stop_verifying(signer, scheduler, workers, processes)
+        for snippet in snippets.values():
+            snippet.close()
+        sidecar.stop()
+        mounted.stop()
+        policies.delete(POLICY)
+
+    figures: dict[str, dict] = defaultdict(dict)
+    for client in CLIENTS:
+        for name in SIGNERS:
+            mine = [verdict for verdict in verdicts if verdict.client == client.name and verdict.token.signer == name]
+            late = [verdict for verdict in mine if verdict.started > verdict.token.exp + exp_leeway(client.name)]
+            counted = [verdict for verdict in mine if verdict not in late]
+            figures[name][client.name] = {
+                "verified": sum(verdict.ok for verdict in counted),
+                "failed": sum(not verdict.ok for verdict in counted),
+                "late": len(late),
+                "failure_samples": [{"kid": verdict.token.kid, "kind": verdict.kind, "reason": verdict.reason}
+                                    for verdict in counted if not verdict.ok][:5],
+            }
+    by_signer = {name: [token for token in signer.signed if token.signer == name] for name in SIGNERS}
+    result = {
+        "rotations": len(rotations),
+        "signed": {name: len(tokens) for name, tokens in by_signer.items()},
+        "kids": {name: len({token.kid for token in tokens}) for name, tokens in by_signer.items()},
+        "lifetimes": {name: sorted(Counter(token.exp - token.iat for token in tokens)) for name, tokens in by_signer.items()},
+        "clients": figures,
+    }
+    summary["signer_snippets"] = result
+    return result
+
+
+def test_every_signer_signed_through_every_rotation(snippet_run):
+    assert snippet_run["rotations"] == ROTATIONS
+    for name in SIGNERS:
+        # the first key and one per rotation
+        assert snippet_run["kids"][name] >= ROTATIONS + 1, snippet_run["kids"]
+
+
+def test_no_signer_makes_a_token_longer_or_shorter_than_the_policys_lifetime(snippet_run):
+    for name in SIGNERS:
+        assert snippet_run["lifetimes"][name] == [TOKEN_LIFETIME_S], snippet_run["lifetimes"]
+
+
+@pytest.mark.parametrize("name", SIGNERS)
+def test_every_client_verifies_every_token_of_the_signer(snippet_run, name):
+    for client, figures in snippet_run["clients"][name].items():
+        assert figures["late"] == 0, (client, figures)
+        assert figures["failed"] == 0, (client, figures)
+        assert figures["verified"] >= 2 * snippet_run["signed"][name], (client, figures)
