@@ -19,7 +19,8 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,13 +207,25 @@ def mount_signing_secret(kubeconfig: Path, namespace: str, policy: str, log_dir:
     return MountedSecret(kubeconfig, namespace, f"{policy}-signing", MOUNT_POLL_S, MOUNT_LAG_S, log_dir / "signing-mount")
 
 
-def ready_policy_with_mount(policies, kubeconfig: Path, namespace: str, policy: str, spec: dict,
-                            log_dir: Path) -> MountedSecret:
-    """A policy created and Ready, and its signing Secret mounted for the suite's signers (not
-    started)."""
+@contextmanager
+def signing_policy(policies, kubeconfig: Path, namespace: str, policy: str, spec: dict,
+                   log_dir: Path) -> Iterator[tuple[MountedSecret, Sidecar]]:
+    """A policy created and Ready, a sidecar on its ConfigMap, and its signing Secret on the
+    suite's lagging mount, all started and the mount showing a key; stopped, and the policy
+    deleted, on the way out."""
     policies.create(policy, spec)
     policies.wait_ready(policy, 60)
-    return mount_signing_secret(kubeconfig, namespace, policy, log_dir)
+    mounted = mount_signing_secret(kubeconfig, namespace, policy, log_dir)
+    sidecar = Sidecar(kubeconfig, namespace, f"{policy}-jwks", log_dir / "sidecar.log")
+    try:
+        mounted.start()
+        sidecar.wait_ready()
+        wait_until(mounted.visible, 30, "the signers to see the signing Secret")
+        yield mounted, sidecar
+    finally:
+        sidecar.stop()
+        mounted.stop()
+        policies.delete(policy)
 
 
 # -- a sidecar on a mounted file, and keys made here (no operator) --------------------------------
@@ -551,14 +564,16 @@ def warm_up(processes: dict[str, VerifierProcess], key: SigningKey, lifetime: in
 
 
 def start_verifying(processes: dict[str, VerifierProcess], recorder: Recorder, mounted: MountedSecret,
-                    beat: float, margin: float) -> tuple[list[ClientWorker], Scheduler, Signer]:
-    """A worker per client, the scheduler, and a signer signing every ``beat`` seconds."""
+                    beat: float, margin: float, snippets: dict[str, SnippetSigner] | None = None,
+                    ) -> tuple[list[ClientWorker], Scheduler, Signer]:
+    """A worker per client, the scheduler, and a signer signing every ``beat`` seconds (with
+    the library, and each of ``snippets`` too)."""
     workers = [ClientWorker(process, recorder) for process in processes.values()]
     for worker in workers:
         worker.start()
     scheduler = Scheduler(workers, margin)
     scheduler.start()
-    signer = Signer(mounted, scheduler, beat)
+    signer = Signer(mounted, scheduler, beat, snippets)
     signer.start()
     return workers, scheduler, signer
 

@@ -19,9 +19,9 @@ import pytest
 
 from signing_key_operator import sign as signer_library
 from signing_key_operator.verify import TokenRejected, Verifier
-from tests.integration.harness import GROUP, PLURAL, VERSION, wait_until
+from tests.integration.harness import GROUP, PLURAL, VERSION
 
-from .driver import TOKEN_CLAIMS, Sidecar, ready_policy_with_mount, sign
+from .driver import TOKEN_CLAIMS, sign, signing_policy
 from .timeline import AUDIENCE, CLOCK_SKEW_S, ISSUER, POLICY_SPEC, TOKEN_LIFETIME_S
 
 POLICY = "signer-lifetimes"
@@ -39,13 +39,8 @@ def _lifetime(token: str) -> int:
 def lifetime_run(kubeconfig, conformance_namespace, conformance_policies, summary, tmp_path_factory):
     policies = conformance_policies
     log_dir = tmp_path_factory.mktemp("conformance-signer-lifetimes")
-    mounted = ready_policy_with_mount(policies, kubeconfig, conformance_namespace, POLICY, POLICY_SPEC, log_dir)
-    sidecar = Sidecar(kubeconfig, conformance_namespace, f"{POLICY}-jwks", log_dir / "sidecar.log")
     result: dict = {}
-    try:
-        mounted.start()
-        sidecar.wait_ready()
-        wait_until(mounted.visible, 30, "the signer to see the signing Secret")
+    with signing_policy(policies, kubeconfig, conformance_namespace, POLICY, POLICY_SPEC, log_dir) as (mounted, sidecar):
         signer = signer_library.Signer.from_directory(mounted.volume)
         lifetimes = [_lifetime(signer.sign(TOKEN_CLAIMS))]
         patched = time.time()
@@ -74,10 +69,6 @@ def lifetime_run(kubeconfig, conformance_namespace, conformance_policies, summar
         except TokenRejected as refused:
             result["hard_coded_refusal"] = str(refused)
         result["library_token_verified"] = verifier.verify(signer.sign(TOKEN_CLAIMS))["sub"]
-    finally:
-        sidecar.stop()
-        mounted.stop()
-        policies.delete(POLICY)
     summary["signer_lifetimes"] = {k: v for k, v in result.items() if k != "lifetimes"}
     return result
 

@@ -21,15 +21,12 @@ from tests.integration.harness import wait_until
 
 from .clients import CLIENTS
 from .driver import (
-    ClientWorker,
     Recorder,
-    Scheduler,
-    Sidecar,
-    Signer,
     drain,
-    ready_policy_with_mount,
+    signing_policy,
     start_clients,
     start_snippet_signers,
+    start_verifying,
     stop_verifying,
     warm_up,
 )
@@ -46,48 +43,35 @@ SIGNERS = ("python", "Node jose", "Go golang-jwt")
 def snippet_run(kubeconfig, conformance_namespace, conformance_policies, summary, tmp_path_factory):
     policies = conformance_policies
     log_dir = tmp_path_factory.mktemp("conformance-signer-snippets")
-    mounted = ready_policy_with_mount(policies, kubeconfig, conformance_namespace, POLICY, POLICY_SPEC, log_dir)
-    sidecar = Sidecar(kubeconfig, conformance_namespace, f"{POLICY}-jwks", log_dir / "sidecar.log")
     processes, workers, snippets = {}, [], {}
     scheduler = signer = None
     rotations = []
-    try:
-        mounted.start()
-        sidecar.wait_ready()
-        wait_until(mounted.visible, 30, "the signers to see the signing Secret")
-        processes = start_clients(CLIENTS, {name: ["--url", sidecar.url, *args] for name, args in CLIENT_ARGS.items()},
-                                  log_dir)
-        warm_up(processes, mounted.visible(), TOKEN_LIFETIME_S)
-        snippets = start_snippet_signers(mounted.volume, log_dir)
-        recorder = Recorder()
-        workers = [ClientWorker(process, recorder) for process in processes.values()]
-        for worker in workers:
-            worker.start()
-        scheduler = Scheduler(workers, OLDEST_MARGIN_S)
-        scheduler.start()
-        signer = Signer(mounted, scheduler, BEAT_S, snippets)
-        signer.start()
-        for number in range(ROTATIONS):
-            active = policies.get(POLICY)["status"]["activeKid"]
-            policies.annotate(POLICY, {ROTATE_ANNOTATION: f"snippets-{number}-{time.time():.3f}"})
-            wait_until(lambda: policies.get(POLICY)["status"].get("activeKid") not in (None, active),
-                       ROTATION_TIMEOUT_S, f"rotation {number + 1}")
-            rotations.append(time.time())
+    with signing_policy(policies, kubeconfig, conformance_namespace, POLICY, POLICY_SPEC, log_dir) as (mounted, sidecar):
+        try:
+            processes = start_clients(CLIENTS, {name: ["--url", sidecar.url, *args] for name, args in CLIENT_ARGS.items()},
+                                      log_dir)
+            warm_up(processes, mounted.visible(), TOKEN_LIFETIME_S)
+            snippets = start_snippet_signers(mounted.volume, log_dir)
+            recorder = Recorder()
+            workers, scheduler, signer = start_verifying(processes, recorder, mounted, BEAT_S, OLDEST_MARGIN_S, snippets)
+            for number in range(ROTATIONS):
+                active = policies.get(POLICY)["status"]["activeKid"]
+                policies.annotate(POLICY, {ROTATE_ANNOTATION: f"snippets-{number}-{time.time():.3f}"})
+                wait_until(lambda: policies.get(POLICY)["status"].get("activeKid") not in (None, active),
+                           ROTATION_TIMEOUT_S, f"rotation {number + 1}")
+                rotations.append(time.time())
+                if signer.error is not None:
+                    raise RuntimeError(f"a signer failed: {signer.error!r}")
+            time.sleep(3)  # the last key signs a while
+            signer.stop()
             if signer.error is not None:
                 raise RuntimeError(f"a signer failed: {signer.error!r}")
-        time.sleep(3)  # the last key signs a while
-        signer.stop()
-        if signer.error is not None:
-            raise RuntimeError(f"a signer failed: {signer.error!r}")
-        drain(scheduler, workers, TOKEN_LIFETIME_S + CLOCK_SKEW_S + 10)
-        verdicts = recorder.snapshot()
-    finally:
-        stop_verifying(signer, scheduler, workers, processes)
-        for snippet in snippets.values():
-            snippet.close()
-        sidecar.stop()
-        mounted.stop()
-        policies.delete(POLICY)
+            drain(scheduler, workers, TOKEN_LIFETIME_S + CLOCK_SKEW_S + 10)
+            verdicts = recorder.snapshot()
+        finally:
+            stop_verifying(signer, scheduler, workers, processes)
+            for snippet in snippets.values():
+                snippet.close()
 
     figures: dict[str, dict] = defaultdict(dict)
     for client in CLIENTS:
