@@ -20,8 +20,8 @@ from datetime import timedelta
 from typing import Any
 
 from .durations import format_duration, parse_duration
-from .lifetimes import TokenLifetimes
 from .keys import ALGORITHMS, DEFAULT_RSA_KEY_SIZE, RSA_KEY_SIZES
+from .lifetimes import TokenLifetimes
 from .verifier_clients import VERIFIER_CLIENTS, VerifierClient
 
 __all__ = [
