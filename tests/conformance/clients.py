@@ -45,7 +45,8 @@ def cache_root() -> Path:
 SOURCES: dict[str, tuple[str, ...]] = {
     "python": ("requirements.txt", "verify.py"),
     "node": ("package.json", "package-lock.json", "sign.mjs", "verify.mjs"),
-    "java": ("pom.xml", "src/main/java/dev/signingkeys/conformance/Verifier.java"),
+    "java": ("pom.xml", "src/main/java/dev/signingkeys/conformance/Signer.java",
+             "src/main/java/dev/signingkeys/conformance/Verifier.java"),
     "go": ("go.mod", "go.sum", "main.go", "sign/main.go"),
     # The gateways (verifiers/gateway, SOURCE_ROOTS): one adapter, and what pins each gateway.
     "envoy": ("envoy-requirements.txt", "gateway.py"),

@@ -454,8 +454,9 @@ def library_token(value: str, seq: int, signer: str = "python") -> Token:
 
 
 class SnippetSigner:
-    """One of the documented signer snippets (verifiers/node/sign.mjs, verifiers/go/sign) as a
-    process reading the mounted Secret: a JSON request per line, a token (or ``fail: ...``) back."""
+    """One of the documented signer snippets (verifiers/node/sign.mjs, verifiers/go/sign,
+    verifiers/java/.../Signer.java) as a process reading the mounted Secret: a JSON request per
+    line, a token (or ``fail: ...``) back."""
 
     def __init__(self, name: str, argv: list[str], log_path: Path):
         self.name, self.log_path = name, log_path
@@ -484,12 +485,18 @@ class SnippetSigner:
 
 
 def start_snippet_signers(volume: Path, log_dir: Path) -> dict[str, SnippetSigner]:
-    """The Node (jose) and Go (golang-jwt) snippets, from the suite's builds, on ``volume``."""
+    """The Node (jose), Go (golang-jwt) and Java (Nimbus) snippets, from the suite's builds, on
+    ``volume``."""
     return {
         "Node jose": SnippetSigner("Node jose", ["node", str(build_dir("node") / "sign.mjs"), "--dir", str(volume)],
                                    log_dir / "signer-node.log"),
         "Go golang-jwt": SnippetSigner("Go golang-jwt", [str(build_dir("go") / "gosigner"), "--dir", str(volume)],
                                        log_dir / "signer-go.log"),
+        # the jar's manifest puts its lib/ (Nimbus, Tink) on the class path
+        "Java Nimbus": SnippetSigner("Java Nimbus", ["java", "-XX:+UseSerialGC", "-cp",
+                                                     str(build_dir("java") / "target" / "java-verifier.jar"),
+                                                     "dev.signingkeys.conformance.Signer", "--dir", str(volume)],
+                                     log_dir / "signer-java.log"),
     }
 
 

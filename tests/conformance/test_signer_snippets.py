@@ -1,11 +1,11 @@
-"""The documented signer snippets (Node jose, Go golang-jwt) and the Python library, through 10
-rotations, on a mount that gets every change late.
+"""The documented signer snippets (Node jose, Go golang-jwt, Java Nimbus) and the Python
+library, through 10 rotations, on a mount that gets every change late.
 
 One policy on the suite's timeline, the signing Secret in a kubelet-style volume
-(driver.MountedSecret), and three signers reading it: ``signing_key_operator.sign`` and the
+(driver.MountedSecret), and four signers reading it: ``signing_key_operator.sign`` and the
 snippets of examples/signers/README.md run as processes (verifiers/node/sign.mjs,
-verifiers/go/sign). Every 0.3 s each signs a token, and every client of the suite verifies it
-fresh, half-way and at the oldest age it accepts. Rotations are requested with the rotate
+verifiers/go/sign, verifiers/java/.../Signer.java). Every 0.3 s each signs a token, and every
+client of the suite verifies it fresh, half-way and at the oldest age it accepts. Rotations are requested with the rotate
 annotation, one after another, until there have been 10.
 """
 
@@ -36,7 +36,7 @@ POLICY = "signer-snippets"
 ROTATIONS = 10
 BEAT_S = 0.3
 ROTATION_TIMEOUT_S = 30
-SIGNERS = ("python", "Node jose", "Go golang-jwt")
+SIGNERS = ("python", "Node jose", "Go golang-jwt", "Java Nimbus")
 
 
 @pytest.fixture(scope="module")

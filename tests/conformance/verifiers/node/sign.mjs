@@ -69,7 +69,7 @@ export class MountedSigner {
     if (reserved.length) throw new Error(`claims ${reserved.join(', ')} are set by the signer`);
     const { kid, alg, key, lifetimes } = await this.key();
     const allowed = lifetimeClass === undefined ? lifetimes.tokenLifetimeSeconds : lifetimes.classes?.[lifetimeClass];
-    if (allowed === undefined) throw new Error(`the policy has no token lifetime class ${lifetimeClass}`);
+    if (allowed === undefined) throw new Error(`the policy has no token lifetime class "${lifetimeClass}"`);
     if (lifetime !== undefined && !(lifetime > 0 && lifetime <= allowed)) {
       throw new Error(`asked for a ${lifetime}s token; the policy allows at most ${allowed}s`);
     }
