@@ -328,6 +328,21 @@ class Verdict:
     reason: str
 
 
+def verdict_counts(verdicts: list[Verdict]) -> dict:
+    """One client's verdicts as figures: verified and failed among those asked in time, and
+    ``late``, those asked after exp + the client's leeway (the scheduler's delay, not the
+    client's verdict), with a few failures for the evidence."""
+    late = [verdict for verdict in verdicts if verdict.started > verdict.token.exp + exp_leeway(verdict.client)]
+    counted = [verdict for verdict in verdicts if verdict not in late]
+    return {
+        "verified": sum(verdict.ok for verdict in counted),
+        "failed": sum(not verdict.ok for verdict in counted),
+        "late": len(late),
+        "failure_samples": [{"kid": verdict.token.kid, "kind": verdict.kind, "reason": verdict.reason}
+                            for verdict in counted if not verdict.ok][:5],
+    }
+
+
 class ClientWorker(threading.Thread):
     """Feeds one verifier process from its queue, one request at a time, and records verdicts."""
 
@@ -410,19 +425,16 @@ class Scheduler(threading.Thread):
 
 
 class Signer(threading.Thread):
-    """Signs a token every ``beat`` seconds with the signer library
-    (``signing_key_operator.sign``) reading the mounted Secret, as an application does: the key
-    and the lifetime are whatever the volume holds then. With ``snippets`` (name -> process),
-    each of those signs one too, from the same volume."""
+    """Signs a token every ``beat`` seconds with each of ``sources`` (a name -> sign(claims)),
+    once ``ready()``: the signer library reading the mounted Secret, as an application does
+    (the key and the lifetime are whatever the volume holds then), the snippets beside it, or
+    a signer in a pod."""
 
-    def __init__(self, mounted: MountedSecret, scheduler: Scheduler, beat: float,
-                 snippets: dict[str, SnippetSigner] | None = None):
+    def __init__(self, sources: dict[str, Callable[[dict], str]], ready: Callable[[], bool],
+                 scheduler: Scheduler, beat: float):
         super().__init__(name="signer", daemon=True)
-        self.mounted, self.scheduler = mounted, scheduler
+        self.sources, self.ready, self.scheduler = sources, ready, scheduler
         self.beat = beat
-        library = signer_library.Signer.from_directory(mounted.volume)
-        self.sources: dict[str, Callable[[dict], str]] = {
-            "python": library.sign, **{name: snippet.sign for name, snippet in (snippets or {}).items()}}
         self.stop_event = threading.Event()
         self.seq = itertools.count(1)
         self.signed: list[Token] = []
@@ -432,7 +444,7 @@ class Signer(threading.Thread):
         next_beat = time.time()
         try:
             while not self.stop_event.is_set():
-                if self.mounted.visible() is not None:
+                if self.ready():
                     for name, sign_with in self.sources.items():
                         token = library_token(sign_with(TOKEN_CLAIMS), next(self.seq), name)
                         self.signed.append(token)
@@ -580,16 +592,38 @@ def warm_up(processes: dict[str, VerifierProcess], key: SigningKey, lifetime: in
 def start_verifying(processes: dict[str, VerifierProcess], recorder: Recorder, mounted: MountedSecret,
                     beat: float, margin: float, snippets: dict[str, SnippetSigner] | None = None,
                     ) -> tuple[list[ClientWorker], Scheduler, Signer]:
-    """A worker per client, the scheduler, and a signer signing every ``beat`` seconds (with
-    the library, and each of ``snippets`` too)."""
+    """A worker per client, the scheduler, and the signer library on ``mounted`` (and each of
+    ``snippets`` too) signing every ``beat`` seconds."""
+    library = signer_library.Signer.from_directory(mounted.volume)
+    sources = {"python": library.sign, **{name: snippet.sign for name, snippet in (snippets or {}).items()}}
+    return start_verifying_tokens_of(processes, recorder, sources, lambda: mounted.visible() is not None, beat, margin)
+
+
+def start_verifying_tokens_of(processes: dict[str, VerifierProcess], recorder: Recorder,
+                              sources: dict[str, Callable[[dict], str]], ready: Callable[[], bool],
+                              beat: float, margin: float) -> tuple[list[ClientWorker], Scheduler, Signer]:
+    """A worker per client, the scheduler, and a signer signing with each of ``sources`` every
+    ``beat`` seconds once ``ready()``; every token verified fresh, half-way and at its oldest."""
     workers = [ClientWorker(process, recorder) for process in processes.values()]
     for worker in workers:
         worker.start()
     scheduler = Scheduler(workers, margin)
     scheduler.start()
-    signer = Signer(mounted, scheduler, beat, snippets)
+    signer = Signer(sources, ready, scheduler, beat)
     signer.start()
     return workers, scheduler, signer
+
+
+def finish_signing(signer: Signer, scheduler: Scheduler, workers: list[ClientWorker], recorder: Recorder,
+                   timeout: float) -> list[Verdict]:
+    """The last key signs 3 s more, then signing stops (a signer's failure raised) and every
+    scheduled verification is answered within ``timeout``; the verdicts."""
+    time.sleep(3)
+    signer.stop()
+    if signer.error is not None:
+        raise RuntimeError(f"a signer failed: {signer.error!r}")
+    drain(scheduler, workers, timeout)
+    return recorder.snapshot()
 
 
 def drain(scheduler: Scheduler, workers: list[ClientWorker], timeout: float) -> None:

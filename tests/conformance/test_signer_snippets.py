@@ -22,15 +22,16 @@ from tests.integration.harness import wait_until
 from .clients import CLIENTS
 from .driver import (
     Recorder,
-    drain,
+    finish_signing,
     signing_policy,
     start_clients,
     start_snippet_signers,
     start_verifying,
     stop_verifying,
+    verdict_counts,
     warm_up,
 )
-from .timeline import CLIENT_ARGS, CLOCK_SKEW_S, OLDEST_MARGIN_S, POLICY_SPEC, TOKEN_LIFETIME_S, exp_leeway
+from .timeline import CLIENT_ARGS, CLOCK_SKEW_S, OLDEST_MARGIN_S, POLICY_SPEC, TOKEN_LIFETIME_S
 
 POLICY = "signer-snippets"
 ROTATIONS = 10
@@ -62,12 +63,7 @@ def snippet_run(kubeconfig, conformance_namespace, conformance_policies, summary
                 rotations.append(time.time())
                 if signer.error is not None:
                     raise RuntimeError(f"a signer failed: {signer.error!r}")
-            time.sleep(3)  # the last key signs a while
-            signer.stop()
-            if signer.error is not None:
-                raise RuntimeError(f"a signer failed: {signer.error!r}")
-            drain(scheduler, workers, TOKEN_LIFETIME_S + CLOCK_SKEW_S + 10)
-            verdicts = recorder.snapshot()
+            verdicts = finish_signing(signer, scheduler, workers, recorder, TOKEN_LIFETIME_S + CLOCK_SKEW_S + 10)
         finally:
             stop_verifying(signer, scheduler, workers, processes)
             for snippet in snippets.values():
@@ -77,15 +73,7 @@ def snippet_run(kubeconfig, conformance_namespace, conformance_policies, summary
     for client in CLIENTS:
         for name in SIGNERS:
             mine = [verdict for verdict in verdicts if verdict.client == client.name and verdict.token.signer == name]
-            late = [verdict for verdict in mine if verdict.started > verdict.token.exp + exp_leeway(client.name)]
-            counted = [verdict for verdict in mine if verdict not in late]
-            figures[name][client.name] = {
-                "verified": sum(verdict.ok for verdict in counted),
-                "failed": sum(not verdict.ok for verdict in counted),
-                "late": len(late),
-                "failure_samples": [{"kid": verdict.token.kid, "kind": verdict.kind, "reason": verdict.reason}
-                                    for verdict in counted if not verdict.ok][:5],
-            }
+            figures[name][client.name] = verdict_counts(mine)
     by_signer = {name: [token for token in signer.signed if token.signer == name] for name in SIGNERS}
     result = {
         "rotations": len(rotations),

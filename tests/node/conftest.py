@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from .chart_release import Kube
+from .chart_release import NAMESPACE, POLICY, POLICY_SPEC, RELEASE, Kube, Release
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +44,22 @@ def node_image(node_cluster) -> str:
 @pytest.fixture(scope="session")
 def kube(node_cluster) -> Kube:
     return Kube(node_cluster.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def release(kube, node_image):
+    """The chart installed once, reconfigured by each test (`Release.configure`)."""
+    kube.kubectl("create", "namespace", NAMESPACE)
+    kube.kubectl("label", "namespace", NAMESPACE, "pod-security.kubernetes.io/enforce=restricted",
+                 "pod-security.kubernetes.io/enforce-version=latest")
+    release = Release(kube, node_image)
+    # The order a first install takes: the operator (and the CRD) first, then the policy, then
+    # its JWKS server, which is ready only once the operator has published the set it serves.
+    release.configure(**{"jwksServer.enabled": "false"})
+    kube.apply(NAMESPACE, {"apiVersion": "signingkeys.dev/v1alpha1", "kind": "SigningKeyPolicy",
+                           "metadata": {"name": POLICY}, "spec": POLICY_SPEC})
+    release.wait_ready()
+    release.configure()
+    yield release
+    kube.helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--ignore-not-found")
+    kube.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)

@@ -3,9 +3,9 @@ operator and the JWKS server running as pods on a real kubelet, the operator wit
 in-cluster identity (the projected ServiceAccount token and KUBERNETES_SERVICE_HOST), the served
 JWK Set read through its Service as verifiers fetch it.
 
-One release per module (namespace `sko-system`, enforcing the restricted Pod Security
-Standard), reconfigured by each test with `helm upgrade` to the values it needs, so every test
-also works on its own.
+One release per session (conftest.py: namespace `sko-system`, enforcing the restricted Pod
+Security Standard), reconfigured by each test with `helm upgrade` to the values it needs, so every
+test also works on its own.
 """
 
 from __future__ import annotations
@@ -19,25 +19,7 @@ from signing_key_operator.k8s.objects import parse_time
 
 from tests.integration.harness import wait_until
 
-from .chart_release import FILE_MODE_TIMEOUT, NAMESPACE, POLICY, POLICY_SPEC, REFUSAL, RELEASE, Kube, Release, served_kids, wait_served
-
-@pytest.fixture(scope="module")
-def release(kube, node_image):
-    kube.kubectl("create", "namespace", NAMESPACE)
-    kube.kubectl("label", "namespace", NAMESPACE, "pod-security.kubernetes.io/enforce=restricted",
-                 "pod-security.kubernetes.io/enforce-version=latest")
-    release = Release(kube, node_image)
-    # The order a first install takes: the operator (and the CRD) first, then the policy, then
-    # its JWKS server, which is ready only once the operator has published the set it serves.
-    release.configure(**{"jwksServer.enabled": "false"})
-    kube.apply(NAMESPACE, {"apiVersion": "signingkeys.dev/v1alpha1", "kind": "SigningKeyPolicy",
-                           "metadata": {"name": POLICY}, "spec": POLICY_SPEC})
-    release.wait_ready()
-    release.configure()
-    yield release
-    kube.helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--ignore-not-found")
-    kube.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
-
+from .chart_release import FILE_MODE_TIMEOUT, NAMESPACE, POLICY, REFUSAL, RELEASE, Kube, Release, served_kids, wait_served
 
 def _proc_status(kube: Kube, pod: str) -> dict[str, str]:
     text = kube.exec(NAMESPACE, pod, "cat", "/proc/1/status").stdout
