@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 import redis.asyncio as aioredis  # noqa: E402
 
 from signing_key_operator.core.revocations import RedisLayout, RevocationDocument  # noqa: E402
-from signing_key_operator.redis_mirror import RedisMirror, entries_digest  # noqa: E402
+from signing_key_operator.controller.redis_mirror import RedisMirror, entries_digest  # noqa: E402
 from tests.redis_server import RedisServer, redis_server_binary  # noqa: E402
 
 LAYOUT = RedisLayout.for_policy("bench", "api")

@@ -98,7 +98,7 @@ def test_the_copied_files_are_read_from_the_dockerfiles_copy_lines(tmp_path):
     dockerfile = (REPO / "Dockerfile").read_text()
     assert image.copied_sources(dockerfile) == ["pyproject.toml", "README.md", "operator"]
     files = {path.relative_to(REPO).as_posix() for path in image.context_files(REPO, dockerfile)}
-    assert "pyproject.toml" in files and "operator/signing_key_operator/__main__.py" in files
+    assert "pyproject.toml" in files and "operator/signing_key_operator/cli/main.py" in files
     assert not any("__pycache__" in name or ".egg-info" in name or name.startswith("tests/") for name in files)
 
     context = tmp_path / "context"

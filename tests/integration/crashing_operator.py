@@ -16,7 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
-from signing_key_operator.__main__ import main
+from signing_key_operator.cli.main import main
 from signing_key_operator.k8s.api import KubeApi
 
 crash_limit = int(os.environ.get("SKO_CRASH_AFTER_WRITES", "0"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from signing_key_operator.reconciler import STATUS_KEYS_LIMIT
+from signing_key_operator.controller.reconciler import STATUS_KEYS_LIMIT
 
 from .harness import FAST_SPEC, Policies, wait_until
 

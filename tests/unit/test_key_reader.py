@@ -18,7 +18,7 @@ import pytest
 from signing_key_operator.core.keys import generate_key
 from signing_key_operator.core.planner import KeyReason, KeyRecord, KeyState
 from signing_key_operator.k8s import objects
-from signing_key_operator.key_reader import KeySecretReader
+from signing_key_operator.controller.key_reader import KeySecretReader
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 POLICY = {"apiVersion": "signingkeys.dev/v1alpha1", "kind": "SigningKeyPolicy",
@@ -108,7 +108,7 @@ def test_the_worker_exits_when_the_operator_is_killed(tmp_path):
     """A pool's workers outlive a SIGKILLed parent; the reader's worker reads its stdin and ends with it."""
     script = textwrap.dedent("""
         import asyncio, os, signal, sys
-        from signing_key_operator.key_reader import KeySecretReader
+        from signing_key_operator.controller.key_reader import KeySecretReader
         from tests.unit.test_key_reader import stored_secret
 
         async def main():

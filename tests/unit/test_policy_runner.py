@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 from kubernetes import client as k8s_client
 
-from signing_key_operator.handlers import PolicyRunner
+from signing_key_operator.controller.handlers import PolicyRunner
 from signing_key_operator.k8s.api import KubeApi
 from signing_key_operator.k8s.objects import POLICY_LABEL
-from signing_key_operator.metrics import OperatorMetrics
-from signing_key_operator.settings import OperatorSettings
+from signing_key_operator.controller.metrics import OperatorMetrics
+from signing_key_operator.controller.settings import OperatorSettings
 from tests.redis_server import free_port
 
 POLICY = {"apiVersion": "signingkeys.dev/v1alpha1", "kind": "SigningKeyPolicy",

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from signing_key_operator.core.revocations import RedisLayout, RevocationDocument, SubjectEntry
-from signing_key_operator.redis_mirror import RedisMirror, RedisUnavailable
+from signing_key_operator.controller.redis_mirror import RedisMirror, RedisUnavailable
 
 LAYOUT = RedisLayout.for_policy("auth", "api")
 SOON = int(time.time()) + 3600

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from signing_key_operator.core.planner import KeyReason, KeyRecord, KeyState
-from signing_key_operator.reconciler import STATUS_KEYS_LIMIT, _listed_keys
+from signing_key_operator.controller.reconciler import STATUS_KEYS_LIMIT, _listed_keys
 
 CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "signingkeypolicies.yaml"
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)

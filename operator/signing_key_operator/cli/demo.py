@@ -21,12 +21,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 
-from .devcluster.cluster import DevCluster
-from .devcluster.crd import CRD_DIR, install_crds
-from .k8s.objects import parse_time
-from .revoke_cli import revoke
-from .sign import Signer
-from .verify import RevokedToken, Verifier
+from ..devcluster.cluster import DevCluster
+from ..devcluster.crd import CRD_DIR, install_crds
+from ..k8s.objects import parse_time
+from ..sign import Signer
+from ..verify import RevokedToken, Verifier
+from .revoke_token import revoke
 
 DEMO_NAMESPACE = "demo"
 DEMO_POLICY = "demo-tokens"
@@ -119,7 +119,7 @@ def run_demo(directory: Path) -> int:
     from kubernetes import client, config
     from kubernetes.client.rest import ApiException
 
-    from .devcluster.tools import ensure_tools
+    from ..devcluster.tools import ensure_tools
 
     ensure_tools()
     cluster = DevCluster(directory)

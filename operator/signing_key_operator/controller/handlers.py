@@ -22,9 +22,9 @@ from typing import Any
 
 import kopf
 
-from .core.planner import PlanEvent
-from .k8s import objects
-from .k8s.api import POLICIES, REVOCATIONS, ApiError, KubeApi, load_configuration
+from ..core.planner import PlanEvent
+from ..k8s import objects
+from ..k8s.api import POLICIES, REVOCATIONS, ApiError, KubeApi, load_configuration
 from .metrics import OperatorMetrics
 from .reconciler import Outcome, Reconciler
 from .revocation_publisher import Verdict, reference, revocation_status

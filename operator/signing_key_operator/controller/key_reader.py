@@ -26,7 +26,7 @@ import struct
 import sys
 from typing import Any, BinaryIO
 
-from .k8s.objects import BrokenKeySecret, StoredKey, read_key_secret
+from ..k8s.objects import BrokenKeySecret, StoredKey, read_key_secret
 
 _FRAME = struct.Struct(">Q")
 

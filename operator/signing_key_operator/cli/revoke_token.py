@@ -26,9 +26,9 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from .core.jwks import InvalidJwkSet, parse_jwk_set
-from .core.keys import ALGORITHMS
-from .core.spec import PolicySpec, SpecError
+from ..core.jwks import InvalidJwkSet, parse_jwk_set
+from ..core.keys import ALGORITHMS
+from ..core.spec import PolicySpec, SpecError
 
 GROUP, VERSION = "signingkeys.dev", "v1alpha1"
 

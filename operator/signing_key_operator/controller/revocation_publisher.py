@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from .core.planner import PlanEvent
-from .core.revocations import (
+from ..core.planner import PlanEvent
+from ..core.revocations import (
     Compiled,
     RedisLayout,
     Revocation,
@@ -34,9 +34,9 @@ from .core.revocations import (
     compile_revocations,
     parse_revocation,
 )
-from .core.spec import PolicySpec
-from .k8s import objects
-from .k8s.api import CONFIGMAPS, REVOCATIONS, SECRETS, ApiError, KubeApi
+from ..core.spec import PolicySpec
+from ..k8s import objects
+from ..k8s.api import CONFIGMAPS, REVOCATIONS, SECRETS, ApiError, KubeApi
 from .redis_mirror import RedisMirror, RedisUnavailable
 
 logger = logging.getLogger(__name__)

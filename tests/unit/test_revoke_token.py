@@ -1,4 +1,4 @@
-"""revoke_cli: the checks revoke-token makes before it asks the API server for anything."""
+"""cli/revoke_token.py: the checks revoke-token makes before it asks the API server for anything."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from signing_key_operator.core.jwks import render_jwk_set
 from signing_key_operator.core.keys import generate_key
-from signing_key_operator.revoke_cli import Refusal, verified_claims
+from signing_key_operator.cli.revoke_token import Refusal, verified_claims
 
 KEY = generate_key("ES256")
 

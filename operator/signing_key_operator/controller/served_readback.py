@@ -29,15 +29,15 @@ from typing import Any
 
 import aiohttp
 
-from .core.jwks import InvalidJwkSet, parse_jwk_set
-from .core.planner import KeyRecord, KeyState, PlanEvent
-from .core.served import (
+from ..core.jwks import InvalidJwkSet, parse_jwk_set
+from ..core.planner import KeyRecord, KeyState, PlanEvent
+from ..core.served import (
     INVALID_DOCUMENT, SERVED, UNREACHABLE, bounded, Observation, PublishedView, UrlVerdict, judge_url,
     served_condition,
 )
-from .core.spec import PolicySpec
-from .k8s import objects
-from .k8s.api import CONFIGMAPS, KubeApi
+from ..core.spec import PolicySpec
+from ..k8s import objects
+from ..k8s.api import CONFIGMAPS, KubeApi
 from .metrics import OperatorMetrics
 from .settings import OperatorSettings
 

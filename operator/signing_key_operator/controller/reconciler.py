@@ -51,16 +51,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from .core.durations import format_duration
-from .core.jwks import render_jwk_set
-from .core.keys import KeyMaterial, generate_key
-from .core.planner import (
+from ..core.durations import format_duration
+from ..core.jwks import render_jwk_set
+from ..core.keys import KeyMaterial, generate_key
+from ..core.planner import (
     REVOKE_ANNOTATION, ROTATE_ANNOTATION, KeyRecord, KeyState, Plan, PlanEvent, Requests, key_secret_name, plan,
 )
-from .core.served import bounded, served_everywhere
-from .core.spec import PolicySpec, SpecError, timeline_warnings
-from .k8s import objects
-from .k8s.api import CONFIGMAPS, POLICIES, SECRETS, ApiError, KubeApi
+from ..core.served import bounded, served_everywhere
+from ..core.spec import PolicySpec, SpecError, timeline_warnings
+from ..k8s import objects
+from ..k8s.api import CONFIGMAPS, POLICIES, SECRETS, ApiError, KubeApi
 from .key_reader import KeySecretReader
 from .metrics import OperatorMetrics
 from .redis_mirror import RedisMirror

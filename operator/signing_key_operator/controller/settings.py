@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from .core.jwks import MAX_JWK_SET_BYTES
-from .core.revocations import MAX_CONFIGMAP_BYTES
-from .core.spec import DEFAULT_SECRET_PROPAGATION
+from ..core.jwks import MAX_JWK_SET_BYTES
+from ..core.revocations import MAX_CONFIGMAP_BYTES
+from ..core.spec import DEFAULT_SECRET_PROPAGATION
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from .core.revocations import RedisLayout, RevocationDocument
+from ..core.revocations import RedisLayout, RevocationDocument
 
 CHECK_BATCH = 1000
 """Keys per EXISTS or MGET of the check: Redis runs one command at a time, so a batch holds it

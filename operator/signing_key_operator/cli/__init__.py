@@ -1,0 +1,8 @@
+"""The commands people run: ``signing-key-operator`` (main.py) with its run, serve, revoke-token
+(revoke_token.py), dev-cluster and demo (demo.py) subcommands.
+
+They parse arguments and start what lives beside this folder (the controller, the sidecar, the
+dev cluster) or use the libraries (sign, verify); nothing outside cli/ imports from it, so the
+controller and the sidecar can be read without the command line's concerns
+(tests/unit/test_layout.py).
+"""
