@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
 import sys
 import time
@@ -29,9 +28,7 @@ from typing import Any
 from ..core.jwks import InvalidJwkSet, parse_jwk_set
 from ..core.keys import ALGORITHMS
 from ..core.spec import PolicySpec, SpecError
-
-GROUP, VERSION = "signingkeys.dev", "v1alpha1"
-
+from .kube import GROUP, VERSION, CommandError, api_message, connect
 
 class Refusal(Exception):
     """Why nothing was revoked; printed as is."""
@@ -47,20 +44,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kubernetes import client, config
-
     token = (sys.stdin.read() if args.token == "-" else args.token).strip()
     if not token:
         print("revoke-token: no token given (argument or stdin)", file=sys.stderr)
         return 2
-    if args.kubeconfig or not _in_cluster():
-        api_client = config.new_client_from_config(config_file=args.kubeconfig, persist_config=False)
-        namespace = args.namespace or _context_namespace(args.kubeconfig)
-    else:
-        configuration = client.Configuration()
-        config.load_incluster_config(client_configuration=configuration)
-        api_client = client.ApiClient(configuration)
-        namespace = args.namespace or "default"
+    try:
+        api_client, namespace = connect(args.kubeconfig, args.namespace)
+    except CommandError as error:
+        print(f"revoke-token: {error}", file=sys.stderr)
+        return 1
     with api_client:
         try:
             message = revoke(api_client, namespace, args.policy, token, reason=args.reason, by_subject=args.by_subject)
@@ -133,7 +125,7 @@ def revoke(api_client, namespace: str, policy_name: str, token: str, *, reason: 
         if error.status == 409:
             return f"already revoked: TokenRevocation {namespace}/{name} exists for {what}"
         if error.status == 422:
-            raise Refusal(f"the API server refused the TokenRevocation: {_api_message(error)}") from None
+            raise Refusal(f"the API server refused the TokenRevocation: {api_message(error)}") from None
         raise
     return f"revoked {what}: TokenRevocation {namespace}/{name} created (kubectl get tokrev -n {namespace} {name})"
 
@@ -173,32 +165,9 @@ def _published_jwks(api_client, namespace: str, spec: PolicySpec) -> str:
     return (configmap.data or {}).get("jwks.json") or ""
 
 
-def _in_cluster() -> bool:
-    import os
-
-    return "KUBERNETES_SERVICE_HOST" in os.environ
-
-
-def _context_namespace(kubeconfig: str | None) -> str:
-    from kubernetes import config
-
-    try:
-        _, context = config.list_kube_config_contexts(config_file=kubeconfig)
-    except config.ConfigException:
-        return "default"
-    return (context or {}).get("context", {}).get("namespace") or "default"
-
-
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _api_message(error) -> str:
-    try:
-        return json.loads(error.body).get("message", error.reason)
-    except (TypeError, ValueError):
-        return str(error.reason)
