@@ -88,3 +88,24 @@ def test_the_status_screen_says_ready_what_the_policy_says_and_draws_the_keys():
     assert "  12:08:00  Warning KeyRevoked: revoked" in lines
     assert render_status({**POLICY, "status": {}}, [], None, NOW, 100, False).startswith(
         "SigningKeyPolicy auth/api-tokens: not reconciled yet (no Ready condition): is the operator running?")
+
+
+def test_an_api_server_that_does_not_answer_is_one_sentence_not_a_traceback(tmp_path, capsys):
+    import socket
+
+    import yaml
+
+    from signing_key_operator.cli.kubectl_plugin import main
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens there once the socket is closed
+    config = tmp_path / "kubeconfig"
+    config.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u", "namespace": "auth"}}]}))
+    assert main(["status", "api-tokens", "--kubeconfig", str(config)]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("kubectl signingkeys status: the API server did not answer (") and "Traceback" not in error

@@ -76,11 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from urllib3.exceptions import HTTPError
+
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
     except CommandError as error:
         print(f"kubectl signingkeys {args.command}: {error}", file=sys.stderr)
+        return 1
+    except HTTPError as error:  # the API server did not answer: no traceback, the reason
+        reason = getattr(error, "reason", None) or error
+        print(f"kubectl signingkeys {args.command}: the API server did not answer ({reason})", file=sys.stderr)
         return 1
 
 
