@@ -96,8 +96,10 @@ async def mget_all(client: aioredis.Redis, keys: list[str]) -> list:
 def baseline_mirror(directory: Path) -> type:
     """``RedisMirror`` of another source tree (its core/ must be this one's: it is imported from
     here)."""
+    moved = directory / "signing_key_operator" / "controller" / "redis_mirror.py"  # the layout since the move
+    package = "signing_key_operator.controller" if moved.exists() else "signing_key_operator"
     spec = importlib.util.spec_from_file_location(
-        "signing_key_operator.redis_mirror_baseline", directory / "signing_key_operator" / "redis_mirror.py")
+        f"{package}.redis_mirror_baseline", moved if moved.exists() else directory / "signing_key_operator" / "redis_mirror.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)

@@ -73,7 +73,7 @@ def test_the_app_cache_key_follows_the_dockerfile_the_base_and_the_copied_code_n
     (context / "operator" / "signing_key_operator.egg-info" / "PKG-INFO").write_text("Name: x\n")
     assert key() == first, "tests, bytecode and egg-info are not in the image"
 
-    operator_code = context / "operator" / "signing_key_operator" / "settings.py"
+    operator_code = context / "operator" / "signing_key_operator" / "controller" / "settings.py"
     original = operator_code.read_text()
     operator_code.write_text(original + "\n# changed\n")
     changed_code = key()
