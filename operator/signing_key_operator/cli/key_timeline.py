@@ -17,6 +17,8 @@ import html
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from ..k8s.objects import parse_time
+
 PHASES = ("published", "signing", "retired")
 """A key's phases in order: published (waiting to sign), signing, retired (still published)."""
 
@@ -60,7 +62,7 @@ class Timeline:
 
 
 def _time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+    return parse_time(value) if value else None
 
 
 def clock(value: datetime) -> str:

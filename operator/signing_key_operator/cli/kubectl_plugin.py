@@ -26,6 +26,7 @@ from typing import Any
 from ..core.durations import format_duration
 from ..core.planner import REVOKE_ANNOTATION, ROTATE_ANNOTATION
 from ..core.spec import PolicySpec, SpecError
+from ..k8s.objects import format_time, parse_time
 from . import revoke_token
 from .key_timeline import build_timeline, render_svg, render_text, stamp
 from .kube import GROUP, VERSION, CommandError, connect, explain
@@ -119,7 +120,7 @@ def _events(api_client, namespace: str, name: str) -> tuple[list[dict], str | No
     events = []
     for event in listed.items:
         moment = event.last_timestamp or event.event_time or event.metadata.creation_timestamp
-        events.append({"time": moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None,
+        events.append({"time": format_time(moment) if moment else None,
                        "type": event.type, "reason": event.reason, "message": event.message, "count": event.count or 1})
     events.sort(key=lambda event: event["time"] or "")
     return events, None
@@ -157,7 +158,7 @@ def describe(policy: dict, events: list[dict], events_error: str | None, now: da
     return {
         "policy": policy["metadata"]["name"],
         "namespace": policy["metadata"]["namespace"],
-        "now": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "now": format_time(now),
         "conditions": list(_conditions(policy).values()),
         "algorithm": spec.get("algorithm"),
         "rotation": spec.get("rotation"),
@@ -170,8 +171,8 @@ def describe(policy: dict, events: list[dict], events_error: str | None, now: da
         "nextKid": status.get("nextKid"),
         "nextRotationTime": status.get("nextRotationTime"),
         "keys": [{"kid": row.kid, "state": row.state, "note": row.note,
-                  "phases": [{"phase": span.phase, "start": span.start.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                              "end": None if span.open_ended else span.end.strftime("%Y-%m-%dT%H:%M:%SZ")}
+                  "phases": [{"phase": span.phase, "start": format_time(span.start),
+                              "end": None if span.open_ended else format_time(span.end)}
                              for span in row.spans]}
                  for row in timeline.rows],
         "events": events[-EVENTS_SHOWN:],
@@ -218,7 +219,7 @@ def render_status(policy: dict, events: list[dict], events_error: str | None, no
     elif events:
         lines.append("Events:")
         for event in events[-EVENTS_SHOWN:]:
-            moment = stamp(datetime.fromisoformat(event["time"].replace("Z", "+00:00")), now) if event["time"] else "?"
+            moment = stamp(parse_time(event["time"]), now) if event["time"] else "?"
             count = f" (x{event['count']})" if event["count"] > 1 else ""
             lines.append(f"  {moment}  {event['type']:<7} {event['reason']}: {event['message']}{count}")
     else:
@@ -257,7 +258,7 @@ def rotate_command(args: argparse.Namespace) -> int:
     api_client, namespace = connect(args.kubeconfig, args.namespace)
     with api_client:
         policy = _get_policy(api_client, namespace, args.policy)
-        value = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        value = format_time(datetime.now(timezone.utc))
         _annotate(api_client, namespace, args.policy, {ROTATE_ANNOTATION: value})
     spec = _spec(policy)
     print(f"rotation requested ({ROTATE_ANNOTATION}={value})")
@@ -343,7 +344,7 @@ def decode_unverified(token: str) -> tuple[dict, dict, int]:
 def _when(seconds: Any, now: float) -> str:
     if not isinstance(seconds, (int, float)):
         return repr(seconds)
-    moment = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    moment = format_time(datetime.fromtimestamp(seconds, timezone.utc))
     delta = timedelta(seconds=round(abs(seconds - now)))
     return f"{moment} ({'in ' if seconds > now else ''}{format_duration(delta, compact=True) or '0s'}{' ago' if seconds <= now else ''})"
 
@@ -366,10 +367,10 @@ def matching_revocations(revocations: list[dict], claims: dict, now: float) -> l
         spec = revocation.get("spec") or {}
         if "jti" in spec and spec["jti"] == claims.get("jti"):
             expires = spec.get("expiresAt")
-            if not expires or datetime.fromisoformat(expires.replace("Z", "+00:00")).timestamp() > now:
+            if not expires or parse_time(expires).timestamp() > now:
                 matched.append(revocation["metadata"]["name"])
         elif "subject" in spec and spec["subject"] == claims.get("sub") and isinstance(claims.get("iat"), (int, float)):
-            before = datetime.fromisoformat(spec["issuedBefore"].replace("Z", "+00:00")).timestamp()
+            before = parse_time(spec["issuedBefore"]).timestamp()
             if claims["iat"] < before:
                 matched.append(revocation["metadata"]["name"])
     return matched
@@ -419,7 +420,7 @@ def inspect_command(args: argparse.Namespace) -> int:
         try:
             if spec is None:
                 raise revoke_token.Refusal("the policy's spec is invalid")
-            revoke_token.verified_claims(token, revoke_token._published_jwks(api_client, namespace, spec))
+            revoke_token.verified_claims(token, revoke_token.published_jwks(api_client, namespace, spec))
             lines.append("signature: verifies against the policy's published JWK Set (what the sidecar serves)")
         except revoke_token.Refusal as refusal:
             accepted = False

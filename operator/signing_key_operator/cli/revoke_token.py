@@ -81,7 +81,7 @@ def revoke(api_client, namespace: str, policy_name: str, token: str, *, reason: 
         spec = PolicySpec.from_resource(policy_name, policy.get("spec"))
     except SpecError as error:
         raise Refusal(f"SigningKeyPolicy {policy_name} has an invalid spec ({error})") from None
-    claims = verified_claims(token, _published_jwks(api_client, namespace, spec))
+    claims = verified_claims(token, published_jwks(api_client, namespace, spec))
     now = time.time() if now is None else now
     exp = claims.get("exp")
     skew = spec.clock_skew.total_seconds()
@@ -152,7 +152,7 @@ def verified_claims(token: str, published: str) -> dict[str, Any]:
     return dict(decoded.claims)
 
 
-def _published_jwks(api_client, namespace: str, spec: PolicySpec) -> str:
+def published_jwks(api_client, namespace: str, spec: PolicySpec) -> str:
     from kubernetes import client
     from kubernetes.client.rest import ApiException
 
