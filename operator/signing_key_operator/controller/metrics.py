@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
@@ -20,10 +20,19 @@ class _PolicyCollector(Collector):
         self.activated: dict[tuple[str, str], float] = {}
         self.next_rotation: dict[tuple[str, str], float] = {}
         self.revocations: dict[tuple[str, str], tuple[int, int]] = {}
-        self.served: dict[tuple[str, str], tuple[dict[str, float], list[str]]] = {}
+        self.served: dict[tuple[str, str], tuple[dict[str, float], list[str], float]] = {}
+        self.ready: dict[tuple[str, str], tuple[bool, str]] = {}
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         now = self._clock()
+        ready = GaugeMetricFamily(
+            "signing_key_operator_policy_ready",
+            "1 while a policy's Ready condition is True, 0 while it is False; reason is the "
+            "condition's (InvalidSpec, KeySecretInvalid, NameConflict, ReconcileFailed, ...).",
+            labels=["namespace", "policy", "reason"],
+        )
+        for (namespace, policy), (is_ready, reason) in self.ready.items():
+            ready.add_metric([namespace, policy, reason], 1.0 if is_ready else 0.0)
         age = GaugeMetricFamily(
             "signing_key_operator_active_key_age_seconds",
             "Seconds since the active signing key of a policy started signing.",
@@ -50,7 +59,14 @@ class _PolicyCollector(Collector):
             "Seconds a spec.jwks.servedAt URL has not served the published JWK Set (0 while it does).",
             labels=["namespace", "policy", "url"],
         )
-        for (namespace, policy), (lagging_since, urls) in self.served.items():
+        grace = GaugeMetricFamily(
+            "signing_key_operator_jwks_served_grace_seconds",
+            "How long a servedAt URL of a policy may lag before it is an alarm (JWKSNotServed): "
+            "the JWKS server's reload time + jwks.maxAge. Alert on lag > grace.",
+            labels=["namespace", "policy"],
+        )
+        for (namespace, policy), (lagging_since, urls, allowed) in self.served.items():
+            grace.add_metric([namespace, policy], allowed)
             for url in urls:
                 since = lagging_since.get(url)
                 lag.add_metric([namespace, policy, url], max(0.0, now - since) if since is not None else 0.0)
@@ -67,10 +83,12 @@ class _PolicyCollector(Collector):
         for (namespace, policy), (count, unpublished) in self.revocations.items():
             in_force.add_metric([namespace, policy], count)
             pending.add_metric([namespace, policy], unpublished)
+        yield ready
         yield age
         yield due
         yield overdue
         yield lag
+        yield grace
         yield in_force
         yield pending
 
@@ -114,9 +132,16 @@ class OperatorMetrics:
             else:
                 series[key] = value.timestamp()
 
-    def observe_served(self, namespace: str, policy: str, lagging_since: dict[str, datetime], urls: list[str]) -> None:
+    def observe_ready(self, namespace: str, policy: str, ready: bool, reason: str) -> None:
+        self._keys.ready[(namespace, policy)] = (ready, reason)
+
+    def observe_served(
+        self, namespace: str, policy: str, lagging_since: dict[str, datetime], urls: list[str], grace: timedelta,
+    ) -> None:
         if urls:
-            self._keys.served[(namespace, policy)] = ({url: when.timestamp() for url, when in lagging_since.items()}, urls)
+            self._keys.served[(namespace, policy)] = (
+                {url: when.timestamp() for url, when in lagging_since.items()}, urls, grace.total_seconds(),
+            )
         else:
             self._keys.served.pop((namespace, policy), None)
 
@@ -127,3 +152,4 @@ class OperatorMetrics:
         self.observe_policy(namespace, policy, None, None)
         self._keys.revocations.pop((namespace, policy), None)
         self._keys.served.pop((namespace, policy), None)
+        self._keys.ready.pop((namespace, policy), None)

@@ -278,7 +278,7 @@ class Reconciler:
             outcome.next_check = served.next_check
         else:
             self.served.forget(metadata["uid"])
-            self.metrics.observe_served(namespace, name, {}, [])
+            self.metrics.observe_served(namespace, name, {}, [], timedelta(0))
         await self._patch_status(policy, spec, list(decision.keys), outcome, revocations, served=served, held=decision.activation_held)
 
     async def check_served(self, policy: dict[str, Any]) -> tuple[bool, datetime | None]:
@@ -492,6 +492,11 @@ class Reconciler:
         await self._patch_status_body(policy, status, outcome)
 
     async def _patch_status_body(self, policy, status: dict[str, Any], outcome: Outcome) -> None:
+        # The gauge follows the condition as decided, before the write: a status write that
+        # keeps failing is itself a reason the policy is not Ready (ReconcileFailed follows).
+        ready = next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), None)
+        if ready is not None:
+            self.metrics.observe_ready(policy["metadata"]["namespace"], policy["metadata"]["name"], ready["status"] == "True", ready["reason"])
         current = policy.get("status") or {}
         stale = [key for key, value in status.items() if current.get(key) != value]
         if not stale:

@@ -218,7 +218,9 @@ class ServedReadBack:
         memory.judged = _judged(verdicts)
         previous = {e.get("url"): e for e in (policy.get("status") or {}).get("servedAt") or []}
         status = [_status_entry(o, previous.get(o.url), memory.revoked_gone.get(o.url)) for o in observations]
-        self.metrics.observe_served(metadata["namespace"], metadata["name"], dict(memory.lagging_since), list(spec.served_at))
+        self.metrics.observe_served(
+            metadata["namespace"], metadata["name"], dict(memory.lagging_since), list(spec.served_at), memory.grace,
+        )
         alarms = tuple(v.message for v in verdicts if v.alarming)
         return ServedReport(status, served_condition(verdicts), alarms, tuple(events), self._next_check(memory, verdicts, now))
 
