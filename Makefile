@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 NODE_PACKAGES := containerd runc containernetworking-plugins iptables mmdebstrap buildah gcc libc6-dev
 NODE_COMMANDS := containerd ctr runc iptables mmdebstrap buildah gcc
 
-.PHONY: setup controlplane node-packages node conformance-verifiers redis demo test unit down
+.PHONY: setup controlplane node-packages node conformance-verifiers redis promtool demo test unit down
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -42,10 +42,13 @@ conformance-verifiers: setup
 redis:
 	@command -v redis-server >/dev/null 2>&1 || { echo "==> installing redis-server from Debian (the Redis revocation backend's tests)"; sh scripts/apt-install.sh redis-server; }
 
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { echo "==> installing prometheus from Debian (promtool, for the chart's alert rule tests)"; sh scripts/apt-install.sh prometheus; }
+
 demo: controlplane
 	$(BIN)/signing-key-operator demo
 
-test: controlplane node conformance-verifiers redis
+test: controlplane node conformance-verifiers redis promtool
 	@echo "==> running the whole test suite (unit, integration on a real control plane, the chart on a real node)"
 	$(BIN)/pytest -ra
 

@@ -1,6 +1,6 @@
 #!/bin/sh
 # apt-install.sh PACKAGE...: install Debian packages for the tests and benches (redis-server,
-# nginx, wrk), the way a fresh machine gets them: apt-get, with sudo when not root. The
+# prometheus for promtool, nginx, wrk), the way a fresh machine gets them: apt-get, with sudo when not root. The
 # packages' postinst scripts are kept from starting system services (policy-rc.d exit 101):
 # the tests and benches start their own servers on loopback with private configs.
 set -eu

@@ -12,7 +12,8 @@ Install steps of `make test` and `make demo`, and where each is covered:
   `<name>.partial` and renamed, so a half-written binary is never found;
 - kube-apiserver, kube-controller-manager, etcd (devcluster/build.py): the tests below;
 - the conformance verifiers (tests/conformance/setup.sh): the tests below;
-- redis-server from Debian (scripts/apt-install.sh): `set -eu`, apt-get's own exit status.
+- redis-server and prometheus (promtool) from Debian (scripts/apt-install.sh): `set -eu`,
+  apt-get's own exit status.
 """
 
 from __future__ import annotations
