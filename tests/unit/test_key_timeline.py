@@ -92,6 +92,11 @@ def test_the_svg_is_a_document_with_a_bar_per_phase_and_the_marks():
     assert len(bars) == sum(len(row.spans) for row in build_timeline(STATUS, NOW).rows)
     lines = {line.get("class") for line in root.iter(f"{namespace}line")}
     assert {"now", "next-rotation", "removal", "revoked"} <= lines
+    texts = [text.text for text in root.iter(f"{namespace}text")]
+    legend = ["published, waiting", "signing", "retired, still published", "removal", "revoked"]
+    assert texts[-len(legend):] == legend, "the legend names every bar and both marks"
+    legend_x = [float(text.get("x")) for text in root.iter(f"{namespace}text")][-len(legend):]
+    assert legend_x == sorted(legend_x) and legend_x[-1] + 7.8 * len("revoked") < float(root.get("width"))
 
 
 def test_the_readme_shows_the_snapshot():

@@ -25,6 +25,10 @@ PHASES = ("published", "signing", "retired")
 GLYPHS = {"published": ".", "signing": "#", "retired": "="}
 COLOURS = {"published": "\x1b[36m", "signing": "\x1b[32m", "retired": "\x1b[33m", "revoked": "\x1b[31m"}
 SVG_FILL = {"published": "#7fb8d8", "signing": "#3c9a4a", "retired": "#e0b040"}
+SVG_MARK = {"removal": "#333333", "revoked": "#c03030"}
+"""Colours of the line that ends a row: its removal, or its revocation."""
+MONOSPACE_WIDTH = 7.8
+"""Width of a character of the SVG's 13 px monospace font, to lay the legend out."""
 RESET = "\x1b[0m"
 KID_WIDTH = 10
 STATE_WIDTH = 8
@@ -238,9 +242,8 @@ def render_svg(timeline: Timeline, title: str) -> str:
                          f'fill="{SVG_FILL[span.phase]}"><title>{html.escape(row.note)}</title></rect>')
         if row.ends and row.spans:
             mark = x(row.spans[-1].end)
-            colour = "#c03030" if row.ends == "revoked" else "#333333"
             parts.append(f'<line class="{row.ends}" x1="{mark:.1f}" y1="{y + 2}" x2="{mark:.1f}" y2="{y + row_height - 2}" '
-                         f'stroke="{colour}" stroke-width="3"/>')
+                         f'stroke="{SVG_MARK[row.ends]}" stroke-width="3"/>')
     bottom = top + row_height * len(timeline.rows)
     parts.append(f'<line class="now" x1="{x(timeline.now):.1f}" y1="{top - 5}" x2="{x(timeline.now):.1f}" y2="{bottom}" '
                  'stroke="black" stroke-dasharray="4 3"/>')
@@ -252,11 +255,15 @@ def render_svg(timeline: Timeline, title: str) -> str:
         anchor = "end" if rotation > label_width + chart_width * 0.8 else "middle"
         parts.append(f'<text x="{rotation:.1f}" y="{bottom + 32}" text-anchor="{anchor}">next rotation '
                      f'{stamp(timeline.next_rotation, timeline.now)}</text>')
-    legend_y = height - 12
-    for offset, phase in enumerate(PHASES):
-        legend_x = 10 + offset * 220
-        parts.append(f'<rect x="{legend_x}" y="{legend_y - 11}" width="14" height="12" fill="{SVG_FILL[phase]}"/>')
-        words = {"published": "published, waiting", "signing": "signing", "retired": "retired, still published"}[phase]
+    legend_y, legend_x = height - 12, 10
+    phase_words = {"published": "published, waiting", "signing": "signing", "retired": "retired, still published"}
+    for kind, words in [*((phase, phase_words[phase]) for phase in PHASES), ("removal", "removal"), ("revoked", "revoked")]:
+        if kind in SVG_FILL:
+            parts.append(f'<rect x="{legend_x}" y="{legend_y - 11}" width="14" height="12" fill="{SVG_FILL[kind]}"/>')
+        else:
+            parts.append(f'<line x1="{legend_x + 7}" y1="{legend_y - 12}" x2="{legend_x + 7}" y2="{legend_y + 2}" '
+                         f'stroke="{SVG_MARK[kind]}" stroke-width="3"/>')
         parts.append(f'<text x="{legend_x + 20}" y="{legend_y}">{words}</text>')
+        legend_x += 20 + len(words) * MONOSPACE_WIDTH + 24
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
