@@ -231,17 +231,18 @@ def run_demo(directory: Path) -> int:
     reason = _wait(refusal, 30, "the verifier to refuse the token")
     _say(f"+{time.monotonic() - revoked:.1f}s the verifier refuses it ({reason}) once its cached copy is older than "
          "max-age; until the token would have expired anyway")
+    bin_dir = Path(sys.executable).parent
     print(f"""
 The demo keeps running. Try:
   curl -si {url}
   curl -s http://127.0.0.1:{sidecar_port}/.well-known/openid-configuration
   curl -s http://127.0.0.1:{sidecar_port}/revocations.json
-  export KUBECONFIG={kubeconfig}
-  .venv/bin/kubectl get skp -n {DEMO_NAMESPACE}
-  .venv/bin/kubectl describe skp -n {DEMO_NAMESPACE} {DEMO_POLICY}
-  .venv/bin/kubectl get tokenrevocations -n {DEMO_NAMESPACE}
-  .venv/bin/kubectl annotate skp -n {DEMO_NAMESPACE} {DEMO_POLICY} signingkeys.dev/rotate="$(date -u +%FT%TZ)" --overwrite
-  .venv/bin/kubectl annotate skp -n {DEMO_NAMESPACE} {DEMO_POLICY} signingkeys.dev/revoke-kid={new_kid} --overwrite
+  export KUBECONFIG={kubeconfig} PATH={bin_dir}:$PATH   # kubectl, and its kubectl-signingkeys plugin
+  kubectl signingkeys status {DEMO_POLICY} -n {DEMO_NAMESPACE}      # the keys on a timeline, conditions, Events
+  kubectl signingkeys rotate {DEMO_POLICY} -n {DEMO_NAMESPACE}
+  kubectl signingkeys revoke-kid {DEMO_POLICY} {new_kid} -n {DEMO_NAMESPACE}
+  kubectl get skp,tokenrevocations -n {DEMO_NAMESPACE}
+  kubectl describe skp -n {DEMO_NAMESPACE} {DEMO_POLICY}
 Stop everything with: make down
 """, flush=True)
     return 0
