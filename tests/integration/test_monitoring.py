@@ -32,7 +32,7 @@ import yaml
 from kubernetes import client
 
 from .harness import FAST_SPEC, REPO, Policies, Revocations, free_port, wait_until
-from .test_chart import CHART, helm
+from .test_chart import CHART, helm, render
 
 RUNBOOK_URL = "https://docs.example.test/runbooks.md"
 RULE_TESTS = Path(__file__).parent / "monitoring" / "alerts_test.yaml"
@@ -49,14 +49,8 @@ def _promtool() -> str:
     return path
 
 
-def _render(*sets: str) -> list[dict]:
-    args = [arg for value in sets for arg in ("--set", value)]
-    out = helm("template", "sko", CHART, "--namespace", "sko-system", *args).stdout
-    return [doc for doc in yaml.safe_load_all(out) if doc]
-
-
 def _rules() -> list[dict]:
-    rendered = _render("metrics.prometheusRule.enabled=true", f"metrics.prometheusRule.runbookURL={RUNBOOK_URL}")
+    rendered = render("--set", "metrics.prometheusRule.enabled=true", "--set", f"metrics.prometheusRule.runbookURL={RUNBOOK_URL}")
     (rule,) = [doc for doc in rendered if doc["kind"] == "PrometheusRule"]
     return rule["spec"]["groups"]
 
@@ -123,7 +117,7 @@ def test_every_alert_links_to_its_runbook_section_and_every_section_is_an_alert(
 
 
 def test_alerts_and_the_dashboard_are_off_by_default_and_alerts_need_a_runbook_url():
-    kinds = {(doc["kind"], doc["metadata"]["name"]) for doc in _render()}
+    kinds = {(doc["kind"], doc["metadata"]["name"]) for doc in render()}
     assert not any(kind == "PrometheusRule" for kind, _ in kinds)
     assert ("ConfigMap", "sko-signing-key-operator-dashboard") not in kinds
     refused = helm("template", "sko", CHART, "--set", "metrics.prometheusRule.enabled=true", check=False)
@@ -131,7 +125,7 @@ def test_alerts_and_the_dashboard_are_off_by_default_and_alerts_need_a_runbook_u
 
 
 def test_the_dashboard_configmap_holds_the_dashboard_for_grafanas_sidecar():
-    rendered = _render("metrics.grafanaDashboard.enabled=true", "metrics.grafanaDashboard.namespace=monitoring")
+    rendered = render("--set", "metrics.grafanaDashboard.enabled=true", "--set", "metrics.grafanaDashboard.namespace=monitoring")
     (configmap,) = [doc for doc in rendered if doc["kind"] == "ConfigMap" and doc["metadata"]["name"].endswith("-dashboard")]
     assert configmap["metadata"]["namespace"] == "monitoring"
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
