@@ -12,6 +12,7 @@ import pytest
 
 from signing_key_operator.cli.kube import CommandError
 from signing_key_operator.cli.kubectl_plugin import decode_unverified, matching_revocations, render_status, revoke_kid_plan
+from signing_key_operator.core.spec import PolicySpec
 
 from .test_key_timeline import NOW, STATUS
 
@@ -52,19 +53,27 @@ def test_an_unknown_or_already_revoked_kid_is_refused_with_the_policys_keys():
         revoke_kid_plan(POLICY, kid_of("revoked"))
 
 
-def test_a_revocation_matches_by_jti_until_it_ends_and_by_subject_before_its_time():
-    now = datetime(2026, 12, 2, 12, 0, tzinfo=timezone.utc).timestamp()
+def test_a_revocation_matches_as_the_operator_publishes_it():
+    """By jti until exp + clockSkew, by subject for tokens issued before (or without iat), and
+    an invalid TokenRevocation matches nothing: what verifiers of the published entries do."""
+    now = datetime(2026, 12, 2, 12, 0, tzinfo=timezone.utc)
+    spec = PolicySpec.from_resource("api", {"algorithm": "ES256", "tokenLifetime": "1h", "clockSkew": "1m"})
     revocations = [
-        {"metadata": {"name": "by-jti"}, "spec": {"jti": "j1", "expiresAt": "2026-12-02T13:00:00Z"}},
-        {"metadata": {"name": "ended"}, "spec": {"jti": "j2", "expiresAt": "2026-12-02T11:00:00Z"}},
-        {"metadata": {"name": "by-sub"}, "spec": {"subject": "alice", "issuedBefore": "2026-12-02T11:30:00Z"}},
+        {"metadata": {"name": "by-jti"}, "spec": {"policyName": "api", "jti": "j1", "expiresAt": "2026-12-02T13:00:00Z"}},
+        {"metadata": {"name": "ended"}, "spec": {"policyName": "api", "jti": "j2", "expiresAt": "2026-12-02T11:00:00Z"}},
+        {"metadata": {"name": "in-skew"}, "spec": {"policyName": "api", "jti": "j4", "expiresAt": "2026-12-02T11:59:30Z"}},
+        {"metadata": {"name": "by-sub"}, "spec": {"policyName": "api", "subject": "alice", "issuedBefore": "2026-12-02T11:30:00Z"}},
+        {"metadata": {"name": "invalid"}, "spec": {"policyName": "api", "jti": "j5"}},
     ]
     early = datetime(2026, 12, 2, 11, 0, tzinfo=timezone.utc).timestamp()
     late = datetime(2026, 12, 2, 11, 45, tzinfo=timezone.utc).timestamp()
-    assert matching_revocations(revocations, {"jti": "j1", "sub": "bob", "iat": late}, now) == ["by-jti"]
-    assert matching_revocations(revocations, {"jti": "j2", "sub": "bob", "iat": late}, now) == []
-    assert matching_revocations(revocations, {"jti": "j3", "sub": "alice", "iat": early}, now) == ["by-sub"]
-    assert matching_revocations(revocations, {"jti": "j3", "sub": "alice", "iat": late}, now) == []
+    assert matching_revocations(revocations, {"jti": "j1", "sub": "bob", "iat": late}, spec, now) == ["by-jti"]
+    assert matching_revocations(revocations, {"jti": "j2", "sub": "bob", "iat": late}, spec, now) == []
+    assert matching_revocations(revocations, {"jti": "j4", "sub": "bob", "iat": late}, spec, now) == ["in-skew"]
+    assert matching_revocations(revocations, {"jti": "j3", "sub": "alice", "iat": early}, spec, now) == ["by-sub"]
+    assert matching_revocations(revocations, {"jti": "j3", "sub": "alice"}, spec, now) == ["by-sub"]
+    assert matching_revocations(revocations, {"jti": "j3", "sub": "alice", "iat": late}, spec, now) == []
+    assert matching_revocations(revocations, {"jti": "j5", "sub": "bob", "iat": late}, spec, now) == []
 
 
 def _part(value) -> str:

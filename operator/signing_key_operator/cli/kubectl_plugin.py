@@ -25,6 +25,7 @@ from typing import Any
 
 from ..core.durations import format_duration
 from ..core.planner import REVOKE_ANNOTATION, ROTATE_ANNOTATION
+from ..core.revocations import RevocationError, compile_revocations, parse_revocation
 from ..core.spec import PolicySpec, SpecError
 from ..k8s.objects import format_time, parse_time
 from . import revoke_token
@@ -360,19 +361,19 @@ def _revocations(api_client, namespace: str, policy: str) -> list[dict]:
     return [item for item in listed.get("items", []) if (item.get("spec") or {}).get("policyName") == policy]
 
 
-def matching_revocations(revocations: list[dict], claims: dict, now: float) -> list[str]:
-    """The TokenRevocations that refuse a token with ``claims``, by name."""
+def matching_revocations(revocations: list[dict], claims: dict, spec: PolicySpec, now: datetime) -> list[str]:
+    """The TokenRevocations that refuse a token with ``claims``, by name: those the operator has
+    in force now, judged as verifiers judge the published entries (a revoked subject's token
+    without ``iat`` is refused; an entry lasts clockSkew past the token's exp)."""
     matched = []
-    for revocation in revocations:
-        spec = revocation.get("spec") or {}
-        if "jti" in spec and spec["jti"] == claims.get("jti"):
-            expires = spec.get("expiresAt")
-            if not expires or parse_time(expires).timestamp() > now:
-                matched.append(revocation["metadata"]["name"])
-        elif "subject" in spec and spec["subject"] == claims.get("sub") and isinstance(claims.get("iat"), (int, float)):
-            before = parse_time(spec["issuedBefore"]).timestamp()
-            if claims["iat"] < before:
-                matched.append(revocation["metadata"]["name"])
+    for item in revocations:
+        try:
+            revocation = parse_revocation(item["metadata"]["name"], item.get("spec"))
+        except RevocationError:
+            continue  # the operator refuses it too: it revokes nothing
+        compiled = compile_revocations([revocation], token_lifetime=spec.token_lifetime, clock_skew=spec.clock_skew, now=now)
+        if compiled.entries.revokes(claims):
+            matched.append(revocation.name)
     return matched
 
 
@@ -425,8 +426,11 @@ def inspect_command(args: argparse.Namespace) -> int:
         except revoke_token.Refusal as refusal:
             accepted = False
             lines.append(f"signature: does not verify: {refusal}")
-        revoked = matching_revocations(_revocations(api_client, namespace, name), claims, now)
-        if revoked:
+        revoked = matching_revocations(_revocations(api_client, namespace, name), claims, spec,
+                                       datetime.fromtimestamp(now, timezone.utc)) if spec else []
+        if spec is None:
+            lines.append("revoked: unknown (the policy's spec is invalid, so its revocations are not in force)")
+        elif revoked:
             accepted = False
             lines.append(f"revoked: yes, by TokenRevocation {', '.join(revoked)}")
         else:
