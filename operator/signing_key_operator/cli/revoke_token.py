@@ -30,6 +30,7 @@ from ..core.keys import ALGORITHMS
 from ..core.spec import PolicySpec, SpecError
 from .kube import GROUP, VERSION, CommandError, api_message, connect
 
+
 class Refusal(Exception):
     """Why nothing was revoked; printed as is."""
 
