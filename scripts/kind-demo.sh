@@ -41,7 +41,8 @@ CONTEXT="kind-$CLUSTER"
 k() { "$KUBECTL" --context "$CONTEXT" "$@"; }
 
 say "kind cluster $CLUSTER (kind-config.yaml)"
-if ! "$KIND" get clusters | grep -qx "$CLUSTER"; then
+clusters="$("$KIND" get clusters)"
+if ! grep -qx "$CLUSTER" <<<"$clusters"; then
   "$KIND" create cluster --config kind-config.yaml
 fi
 

