@@ -11,8 +11,10 @@ two writes leaves a state the next reconcile continues from:
 2. publish the JWKS ConfigMap (new keys appear before they sign; revoked and removed keys leave);
 3. record changed lifecycle states on the key Secrets, the newly active key first;
 4. point the signing Secret at the active key (only now does anyone sign with a new key);
-5. delete key Secrets whose retention has passed;
-6. record handled request annotations on the policy, then the status view.
+5. record handled request annotations on the policy;
+6. delete the key Secrets the plan removes (retention passed, dropped next keys): last, because
+   a removed key may be the last record that answers a request;
+7. the status view.
 
 Before the first write every object the plan would write (JWKS ConfigMap, signing Secret, new
 key Secrets) is read and must be absent or this policy's own: controlled by an ownerReference
@@ -246,10 +248,6 @@ class Reconciler:
         active = decision.active
         await self._point_signing_secret(policy, spec, signing, materials[active.serial], active.serial, outcome)
 
-        for record in decision.removed:
-            current = by_serial[record.serial]
-            await self._write(outcome, "Secret", self.api.delete(SECRETS, namespace, current.secret_name, current.resource_version))
-
         for reason in decision.rotations:
             self.metrics.rotations.labels(reason.value).inc()
         # What the plan decided reads before what acting on it touched (e.g. the signing Secret).
@@ -267,6 +265,13 @@ class Reconciler:
             patch = {"metadata": {"annotations": handled, "resourceVersion": metadata["resourceVersion"]}}
             written = await self._write(outcome, "SigningKeyPolicy", self.api.merge_patch(POLICIES, namespace, name, patch))
             policy = {**policy, "metadata": written["metadata"]}
+
+        # Deleted only once the requests are recorded handled: a removed key may be the last
+        # record answering a request, and a crash between its deletion and the handled value
+        # would have the request answered again.
+        for record in decision.removed:
+            current = by_serial[record.serial]
+            await self._write(outcome, "Secret", self.api.delete(SECRETS, namespace, current.secret_name, current.resource_version))
 
         outcome.next_wakeup = min((t for t in (decision.next_wakeup, revocations.next_wakeup) if t is not None), default=None)
         next_rotation = _next_rotation(decision.keys, spec)

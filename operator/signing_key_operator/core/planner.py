@@ -14,9 +14,11 @@ Lifecycle::
 
 Rules, in the order :func:`plan` applies them:
 
-1. repair: several active keys keep the most recently activated; no active key activates a
-   next key that has been published for publishAhead, else an emergency key (or the bootstrap
-   key when there are no keys at all) signs at once, because there is never zero active keys;
+1. repair: a next key stored while a now revoked key still signed goes (whoever obtained one
+   may have obtained both); several active keys keep the most recently activated; no active
+   key activates a next key that has been published for publishAhead, else an emergency key
+   (or the bootstrap key when there are no keys at all) signs at once, because there is never
+   zero active keys;
 2. a revoke request revokes a known kid; if that kid was signing, a fresh key signs at once;
 3. (not when suspended) a next key of another algorithm than the spec's is dropped (it never
    signed, so no token needs it); a rotate request makes a next key that activates after
@@ -290,7 +292,10 @@ def plan(
 
     # Repair first: a crash between creating an emergency key and marking the revoked key may
     # have left two active keys; settling on the newest makes the re-planned revocation find
-    # its key already replaced instead of minting another emergency key on every restart.
+    # its key already replaced instead of minting another emergency key on every restart. The
+    # next keys stored beside a key revoked while it signed go before that, so that a repair
+    # never activates one of them.
+    step.drop_next_keys_stored_beside_revoked_signing_keys()
     step.keep_one_active_key()
     handled_revoke = step.revoke_requested_kid(requests)
     step.keep_one_next_key()
@@ -413,11 +418,7 @@ class _Step:
             )
             return value
         if target.state is KeyState.REVOKED:
-            # Seen again after a crash: finish what that revocation started.
-            signed_until_revoked = target.activated is not None and target.retired in (None, target.revoked)
-            if signed_until_revoked:
-                self.drop_next_keys_stored_beside(target)
-            return value
+            return value  # seen again after a crash; the records already say it
         was_signing = target.state is KeyState.ACTIVE
         self.put(
             replace(
@@ -445,6 +446,13 @@ class _Step:
             answered = unanswered[-1] if unanswered else None
             self.create_active_key(KeyReason.EMERGENCY, why=f"key {kid} was revoked", rotate_request=answered)
         return value
+
+    def drop_next_keys_stored_beside_revoked_signing_keys(self) -> None:
+        """Finish a revocation a crash interrupted, from the records alone: the request may be
+        recorded handled before the next keys beside the revoked key were deleted."""
+        for record in self.in_state(KeyState.REVOKED):
+            if record.activated is not None and record.retired in (None, record.revoked):
+                self.drop_next_keys_stored_beside(record)
 
     def drop_next_keys_stored_beside(self, revoked: KeyRecord) -> list[KeyRecord]:
         """Whoever obtained a revoked signing key may have obtained the next keys stored beside
@@ -482,9 +490,15 @@ class _Step:
             self.create_active_key(KeyReason.EMERGENCY, why="repair: no key was active")
 
     def keep_one_next_key(self) -> None:
-        waiting = self.in_state(KeyState.NEXT)
-        for record in sorted(waiting, key=lambda record: record.serial)[1:]:
-            self.remove(record, why="repair: another next key is older")
+        """Two next keys mean a crash between writing one and deleting the other (a replacement
+        for a key of the old algorithm, say): the one of the spec's algorithm stays, the oldest
+        among those, so the repair finishes what the interrupted plan did instead of undoing it."""
+        waiting = sorted(
+            self.in_state(KeyState.NEXT),
+            key=lambda record: (record.alg != self.spec.algorithm, record.serial),
+        )
+        for record in waiting[1:]:
+            self.remove(record, why=f"repair: key {waiting[0].kid} is the next key")
 
     def drop_next_key_of_another_algorithm(self) -> None:
         waiting = self.next_key
