@@ -65,3 +65,30 @@ async def test_a_revocation_marked_orphan_is_forgotten_once_its_policy_has_a_loo
     runner.orphans["revocation-uid"] = "5"
     await runner.revocation_changed(revocation("5"), deleted=True)
     assert runner.orphans == {}
+
+
+async def test_a_version_of_our_own_that_carries_a_new_request_wakes_the_loop(runner):
+    """A watch restarted after its resourceVersion expired lists only the latest version: when
+    that is the status patch we wrote just after a user's annotation, the annotation arrives in
+    what looks like our own echo."""
+    runner.policy_changed(POLICY)
+    loop = runner.loops[("auth", "api")]
+    loop.task.cancel()  # judge notice() alone, with no reconcile consuming the wake
+    with pytest.raises(BaseException):
+        await loop.task
+    loop.reconciled_request = (1, None, None)
+    loop.own_versions[("SigningKeyPolicy", "api")] = "9"
+    ours = {**POLICY, "metadata": {**POLICY["metadata"], "resourceVersion": "9"}}
+
+    loop.wake.clear()
+    runner.policy_changed(ours)
+    assert not loop.wake.is_set()  # our own write, asking nothing new: an echo
+
+    annotated = {**ours, "metadata": {**ours["metadata"], "annotations": {"signingkeys.dev/revoke-kid": "kid-1234567890"}}}
+    runner.policy_changed(annotated)
+    assert loop.wake.is_set()
+
+    loop.wake.clear()
+    respecced = {**ours, "metadata": {**ours["metadata"], "generation": 2}}
+    runner.policy_changed(respecced)
+    assert loop.wake.is_set()

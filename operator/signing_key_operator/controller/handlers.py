@@ -22,7 +22,7 @@ from typing import Any
 
 import kopf
 
-from ..core.planner import PlanEvent
+from ..core.planner import REVOKE_ANNOTATION, ROTATE_ANNOTATION, PlanEvent
 from ..k8s import objects
 from ..k8s.api import POLICIES, REVOCATIONS, ApiError, KubeApi, load_configuration
 from .metrics import OperatorMetrics
@@ -61,6 +61,8 @@ class PolicyLoop:
         self.own_versions: dict[tuple[str, str], str] = {}
         self._heard: list[tuple[tuple[str, str], str | None]] | None = None
         """Events noticed while a reconcile runs (None while none runs)."""
+        self.reconciled_request: tuple[Any, ...] | None = None
+        """What the policy asked for when the last reconcile began (see ``_asked_of``)."""
         self.reported_failure: tuple[str, int | None] | None = None
         """The kind of failure last reported on the policy by an Event (None: none since the last success)."""
         self.reconcile_at: datetime | None = None
@@ -88,6 +90,7 @@ class PolicyLoop:
                     continue
             outcome = Outcome()
             self._heard = []
+            self.reconciled_request = _asked_of(self.body)
             try:
                 await self.runner.reconciler.reconcile(self.body, outcome)
                 failures, self.reported_failure = 0, None
@@ -170,6 +173,11 @@ class PolicyLoop:
             # Its record goes with it: key Secret names are never used again, so the records
             # would otherwise grow with every key the policy ever had.
             self.own_versions.pop(key, None)
+            self.wake.set()
+        elif kind == "SigningKeyPolicy" and _asked_of(body) != self.reconciled_request:
+            # A version of our own can still carry news: when the watch skipped the user's
+            # version (one restarted after its resourceVersion expired lists only the latest),
+            # the status patch we wrote after it is the first we hear of their annotation.
             self.wake.set()
         elif self._heard is not None:
             # Judged once the reconcile under way has had all its writes answered: under load an
@@ -284,6 +292,14 @@ class PolicyRunner:
         await asyncio.gather(*(loop.task for loop in self.loops.values()), return_exceptions=True)
         self.loops.clear()
         await self.reconciler.close()
+
+
+def _asked_of(body: dict[str, Any]) -> tuple[Any, ...]:
+    """What a person asks of a policy: its spec (by generation) and the request annotations.
+    The operator's own writes (status, handled annotations) never change these."""
+    metadata = body["metadata"]
+    annotations = metadata.get("annotations") or {}
+    return metadata.get("generation"), annotations.get(ROTATE_ANNOTATION), annotations.get(REVOKE_ANNOTATION)
 
 
 def _policy_copy(body: kopf.Body) -> dict[str, Any]:
