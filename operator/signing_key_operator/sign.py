@@ -41,16 +41,17 @@ from pathlib import Path
 from typing import Any
 
 from joserfc import jwt
-from joserfc.jwk import import_key
+from joserfc.jwk import OctKey, import_key
 
 from .core.algorithm_registry import ExactAlgorithmRegistry
-from .core.keys import KeyMaterialError, load_key
+from .core.keys import KeyMaterialError, is_hmac_algorithm, load_key
 from .core.lifetimes import InvalidLifetimes, LifetimeRefused, TokenLifetimes
 
 __all__ = ["LifetimeRefused", "Signer", "SigningKey", "SigningUnavailable"]
 
-SECRET_FILES = ("kid", "alg", "private.pem", "lifetimes.json")
-"""What a signer reads from the signing Secret (its data keys, so its file names when mounted)."""
+SECRET_FILES = ("kid", "alg", "private.pem", "key", "lifetimes.json")
+"""What a signer reads from the signing Secret (its data keys, so its file names when mounted):
+the key is ``private.pem`` for a public-key algorithm, ``key`` (the raw bytes) for HS*."""
 RESERVED_CLAIMS = ("iat", "exp", "jti")
 """Set by the signer on every token; a caller passing one is refused, so there is one way."""
 _KEY_TYPE = {"ES": "EC", "RS": "RSA", "PS": "RSA", "Ed": "OKP"}
@@ -73,19 +74,27 @@ class SigningKey:
     @classmethod
     def from_files(cls, files: Mapping[str, bytes]) -> SigningKey:
         """A version from the Secret's data (decoded); :class:`SigningUnavailable` if unusable."""
-        missing = [name for name in SECRET_FILES if name not in files]
+        try:
+            alg = files["alg"].decode().strip() if "alg" in files else ""
+        except UnicodeDecodeError:
+            raise SigningUnavailable("the signing Secret's kid or alg is not text") from None
+        key_file = "key" if is_hmac_algorithm(alg) else "private.pem"
+        missing = [name for name in ("kid", "alg", key_file, "lifetimes.json") if name not in files]
         if missing:
             raise SigningUnavailable(f"the signing Secret has no {', '.join(missing)} "
                                      "(lifetimes.json needs an operator that writes it)")
         try:
-            kid, alg = files["kid"].decode().strip(), files["alg"].decode().strip()
-            material = load_key(files["private.pem"], alg, expected_kid=kid)
+            kid = files["kid"].decode().strip()
+            material = load_key(files[key_file], alg, expected_kid=kid)
             lifetimes = TokenLifetimes.parse(files["lifetimes.json"])
         except UnicodeDecodeError:
             raise SigningUnavailable("the signing Secret's kid or alg is not text") from None
         except (KeyMaterialError, InvalidLifetimes) as error:
             raise SigningUnavailable(f"the signing Secret is unusable: {error}") from None
-        key = import_key(material.private_pem.decode(), _KEY_TYPE[alg[:2]])
+        if material.is_shared_secret:
+            key = OctKey.import_key(material.private)
+        else:
+            key = import_key(material.private.decode(), _KEY_TYPE[alg[:2]])
         return cls(material.kid, alg, lifetimes, key)
 
 

@@ -25,7 +25,7 @@ SNIPPETS = ("Node jose", "Go golang-jwt", "Java Nimbus")
 
 
 def signing_secret(material, lifetimes=LIFETIMES) -> dict[str, bytes]:
-    return {"kid": material.kid.encode(), "alg": material.alg.encode(), "private.pem": material.private_pem,
+    return {"kid": material.kid.encode(), "alg": material.alg.encode(), "private.pem": material.private,
             "lifetimes.json": json.dumps(lifetimes).encode()}
 
 

@@ -197,7 +197,7 @@ def sign(key: KeyMaterial, *, sub: str = "alice", iat: int | None = None, jti: s
     claims = {"sub": sub, "jti": jti, "exp": now + lifetime}
     if with_iat:
         claims["iat"] = now if iat is None else iat
-    return jwt.encode(claims, key.private_pem, algorithm=key.alg, headers={"kid": key.kid}), jti
+    return jwt.encode(claims, key.private, algorithm=key.alg, headers={"kid": key.kid}), jti
 
 
 def assert_ok(answer: dict) -> None:
@@ -320,7 +320,7 @@ def test_expired_token_refused_without_the_revocation_list(example, key):
     the 500 of the missing list) and costs no fetch."""
     spring = example(revocations_url=f"http://127.0.0.1:{free_port()}/revocations.json")
     now = int(time.time())
-    expired = jwt.encode({"sub": "alice", "jti": "x", "iat": now - 600, "exp": now - 300}, key.private_pem,
+    expired = jwt.encode({"sub": "alice", "jti": "x", "iat": now - 600, "exp": now - 300}, key.private,
                          algorithm=key.alg, headers={"kid": key.kid})
     answer = spring.verify(expired)
     assert answer["ok"] is False and answer["status"] == 401 and "expired" in answer["error"], answer

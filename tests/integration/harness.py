@@ -140,6 +140,20 @@ def read_configmap_json(core: client.CoreV1Api, namespace: str, name: str, key: 
     return json.loads(configmap.data[key])
 
 
+def outside_secrets(api_client, **texts: str) -> dict[str, str]:
+    """Every place key material must never reach, as text by where it is: ConfigMaps, Events,
+    policies' status and annotations, and ``texts`` (logs, metrics) the caller adds."""
+    core, objects = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
+    places = dict(texts)
+    for cm in core.list_config_map_for_all_namespaces().items:
+        places[f"ConfigMap {cm.metadata.namespace}/{cm.metadata.name}"] = str(cm.data) + str(cm.metadata.annotations)
+    for event in core.list_event_for_all_namespaces().items:
+        places[f"Event {event.metadata.name}"] = f"{event.message} {event.reason}"
+    for policy in objects.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]:
+        places[f"policy {policy['metadata']['name']}"] = str(policy.get("status")) + str(policy["metadata"].get("annotations"))
+    return places
+
+
 class Policies:
     """Thin test-side access to policies and what the operator makes for them."""
 

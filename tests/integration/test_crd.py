@@ -140,6 +140,10 @@ def test_second_scale_timeline_is_accepted(objects, namespace):
                      id="lifetime-classes-up-to-token-lifetime"),
         pytest.param({"tokenLifetimes": [{"name": f"class-{n}", "lifetime": "1m"} for n in range(8)]},
                      id="eight-lifetime-classes"),
+        pytest.param({"algorithm": "HS256"}, id="hs256"),
+        pytest.param({"algorithm": "HS384", "hmacKeySize": 1024, "verificationSecretName": "api-verifiers"},
+                     id="hs384-largest-key-named-secret"),
+        pytest.param({"algorithm": "HS512", "hmacKeySize": 512, "jwks": {"maxAge": "1m"}}, id="hs512-default-max-age-written"),
         pytest.param({"tokenLifetime": "2h", "tokenLifetimes": [{"name": "a" * 63, "lifetime": "90m"}]},
                      id="lifetime-class-name-63-chars"),
     ],
@@ -157,8 +161,33 @@ def test_edge_specs_are_accepted(objects, namespace, spec):
 
 BAD_SPECS = [
     # (id, spec, field path the refusal must name, fragment of the message)
-    ("algorithm-hs256", {"algorithm": "HS256"}, "spec.algorithm", "supported values"),
     ("algorithm-none", {"algorithm": "none"}, "spec.algorithm", "supported values"),
+    ("algorithm-hs1", {"algorithm": "HS1"}, "spec.algorithm", "supported values"),
+    ("hmac-key-size-below-hs384-hash", {"algorithm": "HS384", "hmacKeySize": 256}, "spec.hmacKeySize",
+     "at least the hash size of HS384 (384 bits"),
+    ("hmac-key-size-below-hs512-hash", {"algorithm": "HS512", "hmacKeySize": 384}, "spec.hmacKeySize",
+     "at least the hash size of HS512 (512 bits"),
+    ("hmac-key-size-below-any-hash", {"algorithm": "HS256", "hmacKeySize": 128}, "spec.hmacKeySize",
+     "greater than or equal to 256"),
+    ("hmac-key-size-beyond-hs256-block", {"algorithm": "HS256", "hmacKeySize": 1024}, "spec.hmacKeySize",
+     "at most 512 for HS256"),
+    ("hmac-key-size-not-whole-bytes", {"algorithm": "HS256", "hmacKeySize": 260}, "spec.hmacKeySize", "multiple of 8"),
+    ("hmac-key-size-with-es256", {"algorithm": "ES256", "hmacKeySize": 256}, "spec.hmacKeySize",
+     "only to the HMAC algorithms"),
+    ("hmac-key-size-with-default-algorithm", {"hmacKeySize": 256}, "spec.hmacKeySize", "not to ES256"),
+    ("rsa-key-size-with-hs256", {"algorithm": "HS256", "rsaKeySize": 2048}, "spec.rsaKeySize", "not to HS256"),
+    ("verification-secret-with-es256", {"algorithm": "ES256", "verificationSecretName": "api-keys"},
+     "spec.verificationSecretName", "only to the HMAC algorithms"),
+    ("verification-secret-name-uppercase", {"algorithm": "HS256", "verificationSecretName": "Api"},
+     "spec.verificationSecretName", "should match"),
+    ("jwks-configmap-with-hs256", {"algorithm": "HS256", "jwksConfigMapName": "api-jwks"}, "spec.jwksConfigMapName",
+     "an HMAC policy publishes none"),
+    ("served-at-with-hs256", {"algorithm": "HS256", "jwks": {"servedAt": ["https://auth.example.com/jwks.json"]}},
+     "spec.jwks.servedAt", "an HMAC policy publishes none"),
+    ("ca-bundle-with-hs512", {"algorithm": "HS512", "jwks": {"caBundleRef": {"configMapName": "kube-root-ca.crt"}}},
+     "spec.jwks.caBundleRef", "an HMAC policy publishes none"),
+    ("max-age-with-hs256", {"algorithm": "HS256", "jwks": {"maxAge": "5m"}, "rotation": {"publishAhead": "1h"}},
+     "spec.jwks.maxAge", "an HMAC policy publishes none"),
     ("rsa-key-size-with-es256", {"algorithm": "ES256", "rsaKeySize": 2048}, "spec.rsaKeySize",
      "only to the RSA algorithms"),
     ("rsa-key-size-with-default-algorithm", {"rsaKeySize": 3072}, "spec.rsaKeySize", "not to ES256"),
@@ -235,6 +264,25 @@ def test_bad_spec_is_refused_naming_the_field(objects, namespace, spec, field, f
     assert any(fragment in cause.get("message", "") for cause in named), named
     assert field in json.loads(refused.value.body)["message"]
     assert objects.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"] == []
+
+
+@pytest.mark.parametrize(("before", "after"), [("ES256", "HS256"), ("HS384", "RS256"), ("HS256", "EdDSA")])
+def test_a_switch_between_hmac_and_public_key_algorithms_is_refused(objects, namespace, before, after):
+    """Verifiers of an HMAC policy read its keys from the verification Secret, those of the others
+    from the JWK Set: no rotation could carry tokens across, so the switch is refused."""
+    _create(objects, namespace, "switch", {"algorithm": before})
+    with pytest.raises(ApiException) as refused:
+        objects.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "switch", {"spec": {"algorithm": after}})
+    assert refused.value.status == 422
+    (cause,) = [cause for cause in _causes(refused.value) if cause.get("field") == "spec.algorithm"]
+    assert "cannot switch between an HMAC algorithm (HS*) and a public-key one" in cause["message"]
+    assert objects.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "switch")["spec"]["algorithm"] == before
+
+
+def test_a_switch_within_a_family_is_accepted(objects, namespace):
+    _create(objects, namespace, "within", {"algorithm": "HS256"})
+    patched = objects.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "within", {"spec": {"algorithm": "HS512"}})
+    assert patched["spec"]["algorithm"] == "HS512"
 
 
 def test_contradictions_are_refused_on_update_too(objects, namespace):

@@ -227,7 +227,7 @@ def test_revoke_token_verifies_the_token_and_creates_its_revocation_once(kubecon
     from signing_key_operator.core.keys import generate_key
 
     stranger = generate_key("ES256")
-    forged = pyjwt.encode({"sub": "mallory", "jti": "f", "exp": now + 600}, stranger.private_pem, algorithm="ES256",
+    forged = pyjwt.encode({"sub": "mallory", "jti": "f", "exp": now + 600}, stranger.private, algorithm="ES256",
                           headers={"kid": policies.get("api")["status"]["activeKid"]})
     refused = _revoke_token(kubeconfig, policies.namespace, "--policy", "api", token=forged)
     assert refused.returncode == 1 and "does not verify" in refused.stderr

@@ -398,3 +398,27 @@ def test_roundtrip_and_private_leak_detection(kinds, data):
         render_jwk_set(keys)
     assert info.value.reason == "private_member"
 
+
+
+def test_an_hmac_policys_verification_set_is_one_the_sidecar_refuses_to_serve():
+    from signing_key_operator.core.jwks import render_shared_key_set
+    from signing_key_operator.core.keys import generate_key
+
+    keys = [generate_key("HS256"), generate_key("HS512")]
+    document = render_shared_key_set([key.private_jwk() for key in keys])
+    assert [key["kid"] for key in json.loads(document)["keys"]] == [key.kid for key in keys]
+    assert render_shared_key_set([key.private_jwk() for key in keys]) == document  # canonical: same keys, same bytes
+    with pytest.raises(InvalidJwkSet) as refused:
+        parse_jwk_set(document)
+    assert refused.value.reason in ("private_member", "symmetric_key")
+    assert json.loads(document)["keys"][0]["k"] not in str(refused.value)
+
+
+def test_the_verification_set_holds_nothing_but_oct_keys():
+    from signing_key_operator.core.jwks import render_shared_key_set
+    from signing_key_operator.core.keys import generate_key
+
+    with pytest.raises(ValueError, match="only oct keys"):
+        render_shared_key_set([generate_key("ES256").public_jwk()])
+    with pytest.raises(ValueError, match="only oct keys"):
+        render_shared_key_set([{**generate_key("HS256").private_jwk(), "x5c": ["..."]}])

@@ -31,9 +31,8 @@ def stored_secret(algorithm: str, serial: int = 1, resource_version: str = "1", 
     record = KeyRecord(serial=serial, kid=material.kid, alg=algorithm, state=KeyState.ACTIVE,
                        created=T0, activated=T0, reason=KeyReason.BOOTSTRAP)
     secret = objects.key_secret(POLICY, record, material)
-    data = {key: base64.b64encode(value.encode()).decode() for key, value in secret.pop("stringData").items()}
     secret["metadata"].update(uid=f"secret-uid-{serial}", resourceVersion=resource_version)
-    return {**secret, "data": data}
+    return secret
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from joserfc.jwk import import_key
 
 from signing_key_operator.core.keys import (
-    ALGORITHMS,
+    HMAC_ALGORITHMS,
+    PUBLIC_KEY_ALGORITHMS,
     KeyMaterial,
     KeyMaterialError,
     generate_key,
@@ -36,7 +37,7 @@ RFC7638_REQUIRED_MEMBERS = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", 
 @pytest.fixture(scope="module")
 def materials():
     # 2048-bit RSA keeps the module fast; the default size has its own test.
-    return {alg: generate_key(alg, rsa_key_size=2048) for alg in ALGORITHMS}
+    return {alg: generate_key(alg, rsa_key_size=2048) for alg in PUBLIC_KEY_ALGORITHMS}
 
 
 def _pem_body_lines(pem: bytes) -> list[str]:
@@ -50,7 +51,7 @@ def _rfc7638_thumbprint(jwk: dict) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).rstrip(b"=").decode()
 
 
-@pytest.mark.parametrize("alg", ALGORITHMS)
+@pytest.mark.parametrize("alg", PUBLIC_KEY_ALGORITHMS)
 def test_public_jwk_has_only_public_members_and_identity(materials, alg):
     material = materials[alg]
     jwk = material.public_jwk()
@@ -62,7 +63,7 @@ def test_public_jwk_has_only_public_members_and_identity(materials, alg):
     assert material.public_jwk() is not material.public_jwk()  # callers may mutate their copy
 
 
-@pytest.mark.parametrize("alg", ALGORITHMS)
+@pytest.mark.parametrize("alg", PUBLIC_KEY_ALGORITHMS)
 def test_kid_is_the_rfc7638_sha256_thumbprint(materials, alg):
     material = materials[alg]
     jwk = material.public_jwk()
@@ -85,11 +86,11 @@ def test_independent_thumbprint_matches_the_rfc7638_example():
     assert _rfc7638_thumbprint(rfc7638_example) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
 
 
-@pytest.mark.parametrize("alg", ALGORITHMS)
+@pytest.mark.parametrize("alg", PUBLIC_KEY_ALGORITHMS)
 def test_private_material_never_in_repr_or_str(materials, alg):
     material = materials[alg]
     private_jwk = material.private_jwk()
-    secrets = [*_pem_body_lines(material.private_pem), private_jwk["d"]]
+    secrets = [*_pem_body_lines(material.private), private_jwk["d"]]
     for text in (repr(material), str(material), f"{material}", f"{material!r}"):
         assert "PRIVATE" not in text
         for secret in secrets:
@@ -97,17 +98,17 @@ def test_private_material_never_in_repr_or_str(materials, alg):
     assert material.kid in repr(material)
 
 
-@pytest.mark.parametrize("alg", ALGORITHMS)
+@pytest.mark.parametrize("alg", PUBLIC_KEY_ALGORITHMS)
 def test_private_pem_is_pkcs8_and_signs_tokens_the_public_jwk_verifies(materials, alg):
     material = materials[alg]
-    assert material.private_pem.startswith(b"-----BEGIN PRIVATE KEY-----\n")
-    token = jwt.encode({"sub": "demo"}, material.private_pem, algorithm=alg, headers={"kid": material.kid})
+    assert material.private.startswith(b"-----BEGIN PRIVATE KEY-----\n")
+    token = jwt.encode({"sub": "demo"}, material.private, algorithm=alg, headers={"kid": material.kid})
     assert jwt.get_unverified_header(token)["kid"] == material.kid
     verifying_key = jwt.PyJWK(material.public_jwk())
     assert jwt.decode(token, verifying_key.key, algorithms=[alg]) == {"sub": "demo"}
 
 
-@pytest.mark.parametrize("alg", ALGORITHMS)
+@pytest.mark.parametrize("alg", PUBLIC_KEY_ALGORITHMS)
 def test_private_jwk_is_explicit_and_complete(materials, alg):
     material = materials[alg]
     private_jwk = material.private_jwk()
@@ -116,17 +117,17 @@ def test_private_jwk_is_explicit_and_complete(materials, alg):
     assert import_key(private_jwk).thumbprint() == material.kid
 
 
-@pytest.mark.parametrize("alg", ALGORITHMS)
+@pytest.mark.parametrize("alg", PUBLIC_KEY_ALGORITHMS)
 def test_load_key_round_trips(materials, alg):
     material = materials[alg]
-    loaded = load_key(material.private_pem, alg, expected_kid=material.kid)
+    loaded = load_key(material.private, alg, expected_kid=material.kid)
     assert loaded == material
     assert loaded.public_jwk() == material.public_jwk()
 
 
 def test_generate_key_defaults_to_rsa_3072():
     material = generate_key("RS256")
-    private_key = serialization.load_pem_private_key(material.private_pem, password=None)
+    private_key = serialization.load_pem_private_key(material.private, password=None)
     assert private_key.key_size == 3072
 
 
@@ -134,7 +135,7 @@ def test_each_generated_key_is_new():
     assert generate_key("ES256").kid != generate_key("ES256").kid
 
 
-@pytest.mark.parametrize(("alg", "size"), [("HS256", 3072), ("none", 3072), ("RS256", 1024), ("PS256", 3000)])
+@pytest.mark.parametrize(("alg", "size"), [("HS1", 3072), ("none", 3072), ("RS256", 1024), ("PS256", 3000)])
 def test_generate_key_refuses_unsupported_requests(alg, size):
     with pytest.raises(KeyMaterialError):
         generate_key(alg, rsa_key_size=size)
@@ -153,7 +154,7 @@ def test_load_key_accepts_traditional_rsa_pem_and_reencodes_it_as_pkcs8():
     traditional = _pem(private_key, serialization.PrivateFormat.TraditionalOpenSSL)
     assert traditional.startswith(b"-----BEGIN RSA PRIVATE KEY-----")
     material = load_key(traditional, "PS256")
-    assert material.private_pem == _pem(private_key)
+    assert material.private == _pem(private_key)
 
 
 @pytest.fixture(scope="module")
@@ -189,8 +190,8 @@ def test_load_key_refuses_material_that_does_not_fit_the_algorithm(foreign_keys,
 def test_load_key_reports_a_kid_mismatch_without_material(materials):
     material = materials["ES256"]
     with pytest.raises(KeyMaterialError, match="does not match kid 'someone-elses-kid'") as error:
-        load_key(material.private_pem, "ES256", expected_kid="someone-elses-kid")
-    _assert_no_key_material(error.value, material.private_pem)
+        load_key(material.private, "ES256", expected_kid="someone-elses-kid")
+    _assert_no_key_material(error.value, material.private)
 
 
 def test_load_key_refuses_encrypted_pem(foreign_keys):
@@ -223,13 +224,13 @@ def test_load_key_refuses_a_public_key(materials):
 
 
 def test_load_key_refuses_unknown_algorithm(materials):
-    with pytest.raises(KeyMaterialError, match="unsupported algorithm 'HS256'"):
-        load_key(materials["ES256"].private_pem, "HS256")
+    with pytest.raises(KeyMaterialError, match="unsupported algorithm 'HS1'"):
+        load_key(materials["ES256"].private, "HS1")
 
 
 def test_key_material_refuses_unknown_algorithm():
     with pytest.raises(KeyMaterialError):
-        KeyMaterial(kid="x", alg="HS256", private_pem=b"", public_members=())
+        KeyMaterial(kid="x", alg="HS1", private=b"", public_members=())
 
 
 def _assert_no_key_material(error: Exception, pem: bytes) -> None:
@@ -240,3 +241,60 @@ def _assert_no_key_material(error: Exception, pem: bytes) -> None:
     assert "BEGIN" not in text
     for line in _pem_body_lines(pem) if pem.startswith(b"-----") else []:
         assert line not in text
+
+
+# -- HMAC keys: shared secrets, never published ----------------------------------------------
+
+HASH_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+
+
+@pytest.mark.parametrize("alg", HMAC_ALGORITHMS)
+def test_an_hmac_key_is_the_hash_size_by_default_and_its_kid_is_the_oct_thumbprint(alg):
+    material = generate_key(alg)
+    assert len(material.private) == HASH_BYTES[alg]
+    canonical = json.dumps({"k": base64.urlsafe_b64encode(material.private).rstrip(b"=").decode(), "kty": "oct"},
+                           sort_keys=True, separators=(",", ":")).encode()
+    assert material.kid == base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).rstrip(b"=").decode()
+    assert material.public_members == ()
+    assert generate_key(alg).private != material.private
+
+
+@pytest.mark.parametrize("alg", HMAC_ALGORITHMS)
+def test_an_hmac_key_has_no_public_jwk_and_never_shows_in_repr(alg):
+    material = generate_key(alg)
+    with pytest.raises(KeyMaterialError, match="shared secret: it has no public JWK") as refused:
+        material.public_jwk()
+    encoded = base64.urlsafe_b64encode(material.private).rstrip(b"=").decode()
+    for text in (repr(material), str(material), str(refused.value)):
+        assert encoded not in text and material.private.hex() not in text
+
+
+@pytest.mark.parametrize("alg", HMAC_ALGORITHMS)
+def test_the_oct_jwk_of_an_hmac_key_verifies_what_it_signs_in_pyjwt(alg):
+    material = generate_key(alg)
+    jwk = material.private_jwk()
+    assert (jwk["kty"], jwk["alg"], jwk["kid"], jwk["use"]) == ("oct", alg, material.kid, "sig")
+    token = jwt.encode({"sub": "s"}, material.private, algorithm=alg, headers={"kid": material.kid})
+    key = jwt.PyJWKSet.from_dict({"keys": [jwk]})[material.kid]
+    assert jwt.decode(token, key, algorithms=[alg])["sub"] == "s"
+
+
+@pytest.mark.parametrize(("alg", "bits"), [("HS256", 512), ("HS384", 1024), ("HS512", 1024), ("HS384", 400)])
+def test_an_hmac_key_can_be_up_to_the_block_size(alg, bits):
+    assert len(generate_key(alg, hmac_key_size=bits).private) * 8 == bits
+
+
+@pytest.mark.parametrize(("alg", "bits"), [("HS256", 128), ("HS384", 256), ("HS512", 384), ("HS256", 1024), ("HS256", 260)])
+def test_an_hmac_key_below_the_hash_size_beyond_the_block_or_of_broken_bytes_is_refused(alg, bits):
+    with pytest.raises(KeyMaterialError, match=f"{alg} keys are whole bytes from"):
+        generate_key(alg, hmac_key_size=bits)
+
+
+def test_a_stored_hmac_key_round_trips_and_a_short_or_foreign_one_is_refused():
+    material = generate_key("HS512")
+    assert load_key(material.private, "HS512", expected_kid=material.kid) == material
+    with pytest.raises(KeyMaterialError, match="does not match kid"):
+        load_key(generate_key("HS512").private, "HS512", expected_kid=material.kid)
+    with pytest.raises(KeyMaterialError, match="at least 512 bits, got 256 bits") as short:
+        load_key(generate_key("HS256").private, "HS512")
+    assert material.private.hex() not in str(short.value)

@@ -50,7 +50,7 @@ class FakeKeys:
         return KeyMaterial(
             kid=kid,
             alg=alg,
-            private_pem=f"-----BEGIN PRIVATE KEY-----\n{FAKE_PRIVATE_MARKER}-{self.made}\n".encode(),
+            private=f"-----BEGIN PRIVATE KEY-----\n{FAKE_PRIVATE_MARKER}-{self.made}\n".encode(),
             public_members=(("kty", "EC"),),
         )
 

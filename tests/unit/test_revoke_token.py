@@ -16,7 +16,7 @@ KEY = generate_key("ES256")
 
 
 def _token() -> str:
-    return pyjwt.encode({"sub": "alice", "jti": "j-1", "exp": int(time.time()) + 600}, KEY.private_pem,
+    return pyjwt.encode({"sub": "alice", "jti": "j-1", "exp": int(time.time()) + 600}, KEY.private,
                         algorithm="ES256", headers={"kid": KEY.kid})
 
 

@@ -3,6 +3,7 @@ writes (objects.signing_secret), mounted the way the kubelet mounts them (..data
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from pathlib import Path
@@ -29,12 +30,12 @@ def _files(material, spec=SPEC) -> dict[str, bytes]:
     """The signing Secret's data, as its files in a mounted volume."""
     secret = objects.signing_secret(POLICY, "api-signing", material, 1, since=T0, replaced=None,
                                     lifetimes=PolicySpec.from_resource("api", spec).signer_lifetimes())
-    return {name: value.encode() for name, value in secret["stringData"].items()}
+    return {name: base64.b64decode(value) for name, value in secret["data"].items()}
 
 
 def _verify(token: str, material) -> dict:
-    public = pyjwt.PyJWK({**material.public_jwk()})
-    return pyjwt.decode(token, public.key, algorithms=[material.alg], options={"verify_exp": False, "verify_iat": False, "verify_aud": False})
+    key = material.private if material.is_shared_secret else pyjwt.PyJWK({**material.public_jwk()}).key
+    return pyjwt.decode(token, key, algorithms=[material.alg], options={"verify_exp": False, "verify_iat": False, "verify_aud": False})
 
 
 @pytest.fixture
@@ -115,11 +116,11 @@ def test_an_unusable_new_version_is_reported_and_the_last_good_key_kept(volume):
     kubelet_update(volume, _files(good))
     signer = Signer.from_directory(volume)
     signer.sign({})
-    tampered = {**_files(good), "private.pem": other.private_pem}
+    tampered = {**_files(good), "private.pem": other.private}
     kubelet_update(volume, tampered)
     assert pyjwt.get_unverified_header(signer.sign({}))["kid"] == good.kid
     assert "does not match kid" in signer.last_error
-    assert other.private_pem.decode().splitlines()[1] not in signer.last_error
+    assert other.private.decode().splitlines()[1] not in signer.last_error
     kubelet_update(volume, _files(other))  # repaired: the next token follows
     assert pyjwt.get_unverified_header(signer.sign({}))["kid"] == other.kid
     assert signer.last_error is None
@@ -129,7 +130,8 @@ def test_an_unusable_new_version_is_reported_and_the_last_good_key_kept(volume):
     (lambda f: {k: v for k, v in f.items() if k != "lifetimes.json"}, "has no lifetimes.json"),
     (lambda f: {**f, "lifetimes.json": b'{"tokenLifetimeSeconds": "1h"}'}, "tokenLifetimeSeconds must be a whole number"),
     (lambda f: {**f, "lifetimes.json": b"not json"}, "lifetimes.json is not JSON"),
-    (lambda f: {**f, "alg": b"HS256"}, "unsupported algorithm"),
+    (lambda f: {**f, "alg": b"HS1"}, "unsupported algorithm"),
+    (lambda f: {**f, "alg": b"HS256"}, "has no key"),
     (lambda f: {**f, "private.pem": b"garbage"}, "not a readable PEM private key"),
 ])
 def test_a_signer_that_never_had_a_usable_version_refuses_to_sign(volume, files, reason):
@@ -137,7 +139,7 @@ def test_a_signer_that_never_had_a_usable_version_refuses_to_sign(volume, files,
     kubelet_update(volume, files(_files(material)))
     with pytest.raises(SigningUnavailable, match=reason) as refused:
         Signer.from_directory(volume).sign({})
-    assert material.private_pem.decode().splitlines()[1] not in str(refused.value)
+    assert material.private.decode().splitlines()[1] not in str(refused.value)
 
 
 def test_a_missing_mount_is_named(tmp_path):

@@ -19,9 +19,8 @@ LIFETIMES = PolicySpec.from_resource("api", {}).signer_lifetimes()
 
 
 def _as_stored(secret: dict) -> dict:
-    """The Secret as the API server returns it (stringData folded into data)."""
-    data = {key: base64.b64encode(value.encode()).decode() for key, value in secret["stringData"].items()}
-    return {**{k: v for k, v in secret.items() if k != "stringData"}, "data": data}
+    """The Secret as the API server returns it (the operator writes data, already base64)."""
+    return secret
 
 
 def test_moving_the_signing_secret_records_when_and_which_key_it_replaced():

@@ -90,7 +90,17 @@ def test_rsa_key_size_is_accepted_and_ignored_for_other_algorithms():
 @pytest.mark.parametrize(
     ("spec", "field_path", "fragment"),
     [
-        ({"algorithm": "HS256"}, "spec.algorithm", "must be one of RS256"),
+        ({"algorithm": "HS1"}, "spec.algorithm", "must be one of RS256"),
+        ({"algorithm": "HS384", "hmacKeySize": 256}, "spec.hmacKeySize", "from 384 to 1024 for HS384 (got 256)"),
+        ({"algorithm": "HS256", "hmacKeySize": 1024}, "spec.hmacKeySize", "from 256 to 512 for HS256"),
+        ({"algorithm": "HS256", "hmacKeySize": 300}, "spec.hmacKeySize", "must be a multiple of 8"),
+        ({"algorithm": "HS256", "hmacKeySize": "256"}, "spec.hmacKeySize", "must be an integer"),
+        ({"algorithm": "ES256", "hmacKeySize": 256}, "spec.hmacKeySize", "only to the HMAC algorithms"),
+        ({"algorithm": "RS256", "verificationSecretName": "x"}, "spec.verificationSecretName", "only to the HMAC algorithms"),
+        ({"algorithm": "HS256", "jwksConfigMapName": "api-jwks"}, "spec.jwksConfigMapName", "an HMAC policy publishes none"),
+        ({"algorithm": "HS256", "jwks": {"servedAt": ["http://jwks.test/"]}}, "spec.jwks.servedAt", "an HMAC policy publishes none"),
+        ({"algorithm": "HS256", "jwks": {"caBundleRef": {"configMapName": "ca"}}}, "spec.jwks.caBundleRef", "publishes none"),
+        ({"algorithm": "HS256", "jwks": {"maxAge": "2m"}, "rotation": {"publishAhead": "1h"}}, "spec.jwks.maxAge", "publishes none"),
         ({"algorithm": 256}, "spec.algorithm", "must be a string"),
         ({"rsaKeySize": 1024}, "spec.rsaKeySize", "must be one of 2048, 3072, 4096"),
         ({"rsaKeySize": "3072"}, "spec.rsaKeySize", "must be an integer"),
@@ -199,3 +209,33 @@ def test_the_warning_names_the_gateways_too():
     (warning,) = timeline_warnings(spec)
     assert "Envoy jwt_authn (10m)" in warning.message and "istiod (20m)" in warning.message
     assert "PyJWT" not in warning.message
+
+
+@pytest.mark.parametrize(("algorithm", "bits"), [("HS256", 256), ("HS384", 384), ("HS512", 512)])
+def test_an_hmac_policy_defaults_to_the_hash_size_and_names_its_verification_secret(algorithm, bits):
+    spec = PolicySpec.from_resource("api", {"algorithm": algorithm})
+    assert (spec.is_shared_secret, spec.hmac_key_size, spec.key_size) == (True, bits, bits)
+    assert spec.verification_secret_name == spec.published_set_name == "api-verification"
+    named = PolicySpec.from_resource("api", {"algorithm": algorithm, "verificationSecretName": "keys", "hmacKeySize": 512})
+    assert (named.published_set_name, named.hmac_key_size) == ("keys", 512)
+
+
+def test_a_public_key_policy_has_no_hmac_settings():
+    spec = PolicySpec.from_resource("api", {"algorithm": "RS256"})
+    assert (spec.is_shared_secret, spec.hmac_key_size, spec.verification_secret_name) == (False, None, "")
+    assert (spec.published_set_name, spec.key_size) == ("api-jwks", 3072)
+    assert PolicySpec.from_resource("api", {}).key_size is None  # ES256: the curve decides
+
+
+def test_a_switch_between_hmac_and_public_key_algorithms_cannot_be_built_either():
+    with pytest.raises(SpecError, match="spec.hmacKeySize: applies only to the HMAC algorithms"):
+        replace(PolicySpec.from_resource("api", {"algorithm": "HS256"}), algorithm="ES256")
+
+
+def test_an_hmac_policy_warns_when_publish_ahead_is_below_the_secret_propagation():
+    short = PolicySpec.from_resource("api", {"algorithm": "HS256", "rotation": {"interval": "1h", "publishAhead": "90s"}})
+    (warning,) = timeline_warnings(short)
+    assert warning.field_path == "spec.rotation.publishAhead"
+    assert "shorter than the time a changed Secret takes to reach the pods that mount it (2m" in str(warning)
+    long_enough = PolicySpec.from_resource("api", {"algorithm": "HS256", "rotation": {"interval": "1h", "publishAhead": "2m"}})
+    assert timeline_warnings(long_enough) == ()

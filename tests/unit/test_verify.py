@@ -7,6 +7,7 @@ Time is a fake clock handed to the Verifier; tokens are signed with PyJWT.
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import http.server
@@ -125,7 +126,7 @@ def token(k=None, *, now: float = T0, lifetime: int = 300, kid: str | None = Non
     k = k or key()
     body = {"iss": "https://issuer.test", "aud": "orders", "sub": "alice", "jti": "j-1",
             "iat": int(now), "exp": int(now) + lifetime, **claims}
-    return pyjwt.encode(body, k.private_pem, algorithm=k.alg, headers={"kid": kid or k.kid})
+    return pyjwt.encode(body, k.private, algorithm=k.alg, headers={"kid": kid or k.kid})
 
 
 def verifier(server: DocServer, clock: Clock, **options) -> Verifier:
@@ -183,7 +184,7 @@ def test_a_token_that_outlives_the_policys_lifetime_is_refused_saying_so(server,
     assert v.verify(token(lifetime=360))["sub"] == "alice", "within the leeway"
     reason = rejected(v, token(lifetime=361))
     assert "lives 361s (exp - iat), longer than the policy's token lifetime of 300s" in reason
-    no_iat = pyjwt.encode({"iss": "https://issuer.test", "aud": "orders", "exp": int(T0) + 60}, key().private_pem,
+    no_iat = pyjwt.encode({"iss": "https://issuer.test", "aud": "orders", "exp": int(T0) + 60}, key().private,
                           algorithm="ES256", headers={"kid": key().kid})
     assert "claim iat is missing" in rejected(v, no_iat)
     assert verifier(server, clock).verify(token(lifetime=86400))["sub"] == "alice", "unchecked without a bound"
@@ -200,7 +201,7 @@ def test_the_signer_librarys_tokens_pass_the_lifetime_check(server, clock, tmp_p
     spec = PolicySpec.from_resource("api", {"tokenLifetime": "5m", "clockSkew": "1m"})
     secret = objects.signing_secret(POLICY, "api-signing", key(), 1, since=SINCE, replaced=None,
                                     lifetimes=spec.signer_lifetimes())
-    kubelet_update(tmp_path / "mount", {name: value.encode() for name, value in secret["stringData"].items()})
+    kubelet_update(tmp_path / "mount", {name: base64.b64decode(value) for name, value in secret["data"].items()})
     signed = Signer.from_directory(tmp_path / "mount", clock=clock).sign(
         {"iss": "https://issuer.test", "aud": "orders", "sub": "alice"})
     assert verifier(server, clock, max_token_lifetime=300, leeway=0).verify(signed)["sub"] == "alice"
@@ -218,7 +219,7 @@ def test_refuses_wrong_issuer_audience_and_missing_exp(server, clock):
     assert "iss" in rejected(v, token(iss="https://evil.test"))
     assert "aud" in rejected(v, token(aud="billing"))
     assert v.verify(token(aud=["billing", "orders"]))["aud"] == ["billing", "orders"]
-    no_exp = pyjwt.encode({"iss": "https://issuer.test", "aud": "orders", "sub": "a"}, key().private_pem,
+    no_exp = pyjwt.encode({"iss": "https://issuer.test", "aud": "orders", "sub": "a"}, key().private,
                           algorithm="ES256", headers={"kid": key().kid})
     assert "exp" in rejected(v, no_exp)
     unchecked = verifier(server, clock, issuer=None, audience=None)
@@ -234,12 +235,12 @@ def test_refuses_algorithms_not_allowed_and_malformed_tokens(server, clock):
     hmac = pyjwt.encode({"sub": "a", "exp": int(T0) + 60}, b"k" * 32, algorithm="HS256", headers={"kid": key().kid})
     assert "'HS256' is not accepted" in rejected(v, hmac)
     assert "malformed" in rejected(v, "not-a-token")
-    assert "no kid" in rejected(v, pyjwt.encode({"exp": int(T0) + 60}, key().private_pem, algorithm="ES256"))
+    assert "no kid" in rejected(v, pyjwt.encode({"exp": int(T0) + 60}, key().private, algorithm="ES256"))
 
 
 def test_refuses_a_token_whose_alg_differs_from_its_key(server, clock):
     server.serve_keys(key("PS256"))
-    rs = pyjwt.encode({"exp": int(T0) + 60}, key("PS256").private_pem, algorithm="RS256", headers={"kid": key("PS256").kid})
+    rs = pyjwt.encode({"exp": int(T0) + 60}, key("PS256").private, algorithm="RS256", headers={"kid": key("PS256").kid})
     message = rejected(verifier(server, clock, issuer=None, audience=None), rs)
     assert "does not match" in message
 

@@ -167,6 +167,7 @@ def describe(policy: dict, events: list[dict], events_error: str | None, now: da
         "clockSkew": spec.get("clockSkew"),
         "signingSecretName": status.get("signingSecretName"),
         "jwksConfigMapName": status.get("jwksConfigMapName"),
+        "verificationSecretName": status.get("verificationSecretName"),
         "servedAt": status.get("servedAt") or [],
         "activeKid": status.get("activeKid"),
         "nextKid": status.get("nextKid"),
@@ -203,8 +204,12 @@ def render_status(policy: dict, events: list[dict], events_error: str | None, no
     lines.append(f"  {spec.get('algorithm')}; rotates every {rotation.get('interval')}, a new key published "
                  f"{rotation.get('publishAhead')} before it signs; tokens live {spec.get('tokenLifetime')} "
                  f"(clockSkew {spec.get('clockSkew')})")
-    lines.append(f"  signers mount Secret {status.get('signingSecretName')}; the JWK Set is in ConfigMap "
-                 f"{status.get('jwksConfigMapName')}")
+    if status.get("verificationSecretName"):
+        lines.append(f"  signers mount Secret {status.get('signingSecretName')}; verifiers mount Secret "
+                     f"{status['verificationSecretName']} (shared keys: no public JWK Set)")
+    else:
+        lines.append(f"  signers mount Secret {status.get('signingSecretName')}; the JWK Set is in ConfigMap "
+                     f"{status.get('jwksConfigMapName')}")
     for served in status.get("servedAt") or []:
         kids = served.get("kids")
         seen = f"serves {len(kids)} keys" if kids is not None else f"failed: {served.get('error', 'no answer')}"

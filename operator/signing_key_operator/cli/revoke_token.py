@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..core.jwks import InvalidJwkSet, parse_jwk_set
-from ..core.keys import ALGORITHMS
+from ..core.keys import PUBLIC_KEY_ALGORITHMS
 from ..core.spec import PolicySpec, SpecError
 from .kube import GROUP, VERSION, CommandError, api_message, connect
 
@@ -145,7 +145,7 @@ def verified_claims(token: str, published: str) -> dict[str, Any]:
     except InvalidJwkSet as error:
         raise Refusal(f"the policy's published JWK Set is invalid ({error}); the sidecar does not serve it either") from None
     try:
-        decoded = jwt.decode(token, KeySet.import_key_set(jwks.to_dict()), algorithms=list(ALGORITHMS))
+        decoded = jwt.decode(token, KeySet.import_key_set(jwks.to_dict()), algorithms=list(PUBLIC_KEY_ALGORITHMS))
     except (JoseError, ValueError) as error:
         # The class name and joserfc's short code only: never the token itself.
         raise Refusal(f"the token does not verify against the policy's published keys ({type(error).__name__}); "
@@ -157,6 +157,11 @@ def published_jwks(api_client, namespace: str, spec: PolicySpec) -> str:
     from kubernetes import client
     from kubernetes.client.rest import ApiException
 
+    if spec.is_shared_secret:
+        # Its keys verify as well as they sign: reading them takes the Secret, which a person
+        # revoking or inspecting a token should not need, so the signature is not checked here.
+        raise Refusal(f"an {spec.algorithm} policy publishes no JWK Set: its keys are shared secrets, only in "
+                      f"Secret {spec.verification_secret_name}, which this command does not read")
     try:
         configmap = client.CoreV1Api(api_client).read_namespaced_config_map(spec.jwks_config_map_name, namespace)
     except ApiException as error:

@@ -54,7 +54,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ..core.durations import format_duration
-from ..core.jwks import render_jwk_set
+from ..core.jwks import render_jwk_set, render_shared_key_set
 from ..core.keys import KeyMaterial, generate_key
 from ..core.planner import (
     REVOKE_ANNOTATION, ROTATE_ANNOTATION, KeyRecord, KeyState, Plan, PlanEvent, Requests, key_secret_name, plan,
@@ -106,7 +106,7 @@ class Reconciler:
         settings: OperatorSettings,
         metrics: OperatorMetrics,
         clock: Callable[[], datetime],
-        key_factory: Callable[[str, int], KeyMaterial] = generate_key,
+        key_factory: Callable[[str, int, int | None], KeyMaterial] = generate_key,
     ):
         self.api = api
         self.settings = settings
@@ -177,7 +177,7 @@ class Reconciler:
             policy, spec, lambda kind, call: self._write(outcome, kind, call), outcome.object_events, outcome.events
         )
         self.metrics.observe_revocations(namespace, name, revocations.in_force, revocations.unpublished)
-        jwks_configmap = await self.api.get(CONFIGMAPS, namespace, spec.jwks_config_map_name)
+        published_set = await self.api.get(_published_set_resource(spec), namespace, spec.published_set_name)
         signing = await self.api.get(SECRETS, namespace, spec.signing_secret_name)
         stored, broken = await self._gather_keys(policy)
         if broken:
@@ -190,7 +190,10 @@ class Reconciler:
             await self._patch_status(policy, spec, [s.record for s in stored], outcome, revocations, broken=broken)
             return
         conflicts = [c for c in (
-            objects.name_conflict("ConfigMap", jwks_configmap, policy, "spec.jwksConfigMapName"),
+            objects.name_conflict(
+                "Secret" if spec.is_shared_secret else "ConfigMap", published_set, policy,
+                "spec.verificationSecretName" if spec.is_shared_secret else "spec.jwksConfigMapName",
+            ),
             objects.name_conflict("Secret", signing, policy, "spec.signingSecretName"),
         ) if c is not None]
         if conflicts:
@@ -211,7 +214,7 @@ class Reconciler:
         now = self.clock()
         decision: Plan = await asyncio.to_thread(
             functools.partial(plan, signing=objects.signing_view(signing), served_kids=served_everywhere(observations)),
-            spec, [s.record for s in stored], now, lambda: self.key_factory(spec.algorithm, spec.rsa_key_size), requests,
+            spec, [s.record for s in stored], now, lambda: self.key_factory(spec.algorithm, spec.rsa_key_size, spec.hmac_key_size), requests,
         )
         materials = {s.record.serial: s.material for s in stored}
         materials.update(decision.new_material)
@@ -235,7 +238,7 @@ class Reconciler:
             body = objects.key_secret(policy, record, decision.new_material[record.serial])
             await self._write(outcome, "Secret", self.api.create(SECRETS, namespace, body))
 
-        await self._publish_jwks(policy, spec, jwks_configmap, decision, materials, outcome)
+        await self._publish_jwks(policy, spec, published_set, decision, materials, outcome)
 
         changed = sorted(decision.changed, key=lambda r: (r.state is not KeyState.ACTIVE, r.serial))
         for record in changed:
@@ -325,22 +328,33 @@ class Reconciler:
             raise _Conflict()
 
     async def _publish_jwks(self, policy, spec: PolicySpec, current, decision: Plan, materials, outcome: Outcome) -> None:
-        """``current``: the ConfigMap as read before the key Secrets were listed (absent or this
-        policy's); the replace carries its resourceVersion, so a change since then aborts the write."""
+        """``current``: the JWKS ConfigMap (for an HMAC policy the verification Secret) as read
+        before the key Secrets were listed (absent or this policy's); the replace carries its
+        resourceVersion, so a change since then aborts the write."""
         namespace = policy["metadata"]["namespace"]
-        jwks = render_jwk_set([materials[record.serial].public_jwk() for record in decision.published])
-        max_age = int(spec.jwks_max_age.total_seconds())
-        desired = objects.published_configmap(policy, spec.jwks_config_map_name, "jwks", "jwks.json", jwks, max_age)
-        if objects.configmap_is_current(current, desired):
+        published = [materials[record.serial] for record in decision.published]
+        if spec.is_shared_secret:
+            document = render_shared_key_set([material.private_jwk() for material in published])
+            desired = objects.verification_secret(policy, spec.verification_secret_name, document)
+            current_already = objects.secret_is_current(current, desired)
+        else:
+            jwks = render_jwk_set([material.public_jwk() for material in published])
+            max_age = int(spec.jwks_max_age.total_seconds())
+            desired = objects.published_configmap(policy, spec.jwks_config_map_name, "jwks", "jwks.json", jwks, max_age)
+            current_already = objects.configmap_is_current(current, desired)
+        if current_already:
             return
         await self._check_plan_inputs_unchanged(policy)
+        resource, kind = _published_set_resource(spec), desired["kind"]
         if current is None:
-            await self._write(outcome, "ConfigMap", self.api.create(CONFIGMAPS, namespace, desired))
+            await self._write(outcome, kind, self.api.create(resource, namespace, desired))
         else:
             desired["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-            await self._write(outcome, "ConfigMap", self.api.replace(CONFIGMAPS, namespace, desired))
+            await self._write(outcome, kind, self.api.replace(resource, namespace, desired))
         if not decision.has_changes:
-            outcome.events.append(PlanEvent("Warning", "JwksRestored", f"ConfigMap {spec.jwks_config_map_name} did not match the key Secrets and was rewritten from them"))
+            outcome.events.append(PlanEvent(
+                "Warning", "JwksRestored", f"{kind} {spec.published_set_name} did not match the key Secrets and was rewritten from them"
+            ))
 
     async def _point_signing_secret(self, policy, spec: PolicySpec, current, material: KeyMaterial, serial: int, outcome: Outcome) -> None:
         """``current`` as for :meth:`_publish_jwks`."""
@@ -466,7 +480,8 @@ class Reconciler:
             ready = ("False", "NameConflict", message)
             degraded = ("True", "NameConflict", message)
         else:
-            ready = ("True", "KeysPublished", f"key {active.kid} signs and is published in ConfigMap {spec.jwks_config_map_name}")
+            where = f"Secret {spec.verification_secret_name}" if spec.is_shared_secret else f"ConfigMap {spec.jwks_config_map_name}"
+            ready = ("True", "KeysPublished", f"key {active.kid} signs and is published in {where}")
             degraded = ("False", "AsExpected", "all key Secrets are readable")
             overdue = self.clock() - active.activated - spec.rotation_interval if active and active.activated else None
             if served is not None and served.alarms:
@@ -484,7 +499,8 @@ class Reconciler:
             "nextKid": waiting.kid if waiting else None,
             "nextRotationTime": objects.format_time(next_rotation) if next_rotation else None,
             "signingSecretName": spec.signing_secret_name,
-            "jwksConfigMapName": spec.jwks_config_map_name,
+            "jwksConfigMapName": None if spec.is_shared_secret else spec.jwks_config_map_name,
+            "verificationSecretName": spec.verification_secret_name if spec.is_shared_secret else None,
             "keys": [_status_key(r) for r in _listed_keys(records)],
             "keysNotListed": len(records) - STATUS_KEYS_LIMIT if len(records) > STATUS_KEYS_LIMIT else None,
             "revocations": revocations.status,
@@ -512,6 +528,12 @@ class Reconciler:
             outcome, "SigningKeyPolicy",
             self.api.merge_patch(POLICIES, metadata["namespace"], metadata["name"], {"status": status}, subresource="status"),
         )
+
+
+def _published_set_resource(spec: PolicySpec) -> Any:
+    """The API resource of where the policy's keys go to verifiers: the JWKS ConfigMap, or for
+    an HMAC policy the verification Secret (``spec.published_set_name``)."""
+    return SECRETS if spec.is_shared_secret else CONFIGMAPS
 
 
 def _requests(policy: dict[str, Any]) -> Requests:

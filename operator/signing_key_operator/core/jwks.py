@@ -206,6 +206,19 @@ def render_jwk_set(public_jwks: Sequence[Mapping[str, Any]]) -> bytes:
     return body
 
 
+def render_shared_key_set(oct_jwks: Sequence[Mapping[str, Any]]) -> bytes:
+    """The JWK Set of an HMAC policy's verification Secret: ``oct`` keys, ``k`` and all. Secret!
+
+    Canonical like the public set (the same keys give the same bytes, so an unchanged set is
+    never rewritten). It is never given to :func:`parse_jwk_set`, which refuses exactly these
+    keys: this document is for the verifiers that mount the Secret, and for nobody else."""
+    for key in oct_jwks:
+        if key.get("kty") != "oct" or set(key) != {"kty", "k", "kid", "alg", "use"}:
+            # A caller's mistake, not content read from outside: no metric reason for it.
+            raise ValueError("a shared-key set holds only oct keys with exactly kty, k, kid, alg and use")
+    return (json.dumps({"keys": list(oct_jwks)}, sort_keys=True, separators=(",", ":"), ensure_ascii=True) + "\n").encode("ascii")
+
+
 def parse_jwk_set(data: bytes | bytearray | memoryview | str) -> JwkSet:
     """Parse and validate a serialized JWK Set; raise :class:`InvalidJwkSet` if it is not a
     valid, non-empty, public-only set."""

@@ -4,7 +4,14 @@ Keys are generated and parsed with ``cryptography``; the JWK form and the kid (R
 thumbprint, SHA-256, base64url) come from ``joserfc``. Everything here is public by default:
 ``repr()``/``str()`` never show private material, and :meth:`KeyMaterial.public_jwk` carries
 only public members. The private key leaves this module only through the explicitly named
-:attr:`KeyMaterial.private_pem` and :meth:`KeyMaterial.private_jwk`.
+:attr:`KeyMaterial.private` and :meth:`KeyMaterial.private_jwk`.
+
+HMAC keys (HS256/384/512) are shared secrets: they have no public half, so ``public_jwk``
+refuses them (joserfc's ``OctKey.as_dict(private=False)`` would still carry ``k``), and only
+``private_jwk`` gives their ``oct`` JWK, for the verification Secret. Their kid is the same RFC
+7638 thumbprint, a SHA-256 over the key: for a full-entropy key it tells nothing, and every
+token's signature is already a function of the key that would let one test a guess, so a
+random kid would hide nothing more while losing the check that a stored key matches its kid.
 
 Generation is CPU-bound and synchronous (an RSA 4096 key takes about 0.4 s): async callers
 run it in a thread (``asyncio.to_thread``) so the event loop never stalls.
@@ -12,29 +19,47 @@ run it in a thread (``asyncio.to_thread``) so the event loop never stalls.
 
 from __future__ import annotations
 
+import base64
+import secrets
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Union
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from joserfc.jwk import ECKey, OKPKey, RSAKey
+from joserfc.jwk import ECKey, OctKey, OKPKey, RSAKey
 
 __all__ = [
     "ALGORITHMS",
     "DEFAULT_RSA_KEY_SIZE",
+    "HMAC_ALGORITHMS",
+    "HMAC_BLOCK_BITS",
+    "HMAC_HASH_BITS",
     "MINIMUM_RSA_KEY_SIZE",
+    "PUBLIC_KEY_ALGORITHMS",
     "RSA_ALGORITHMS",
     "RSA_KEY_SIZES",
     "KeyMaterial",
     "KeyMaterialError",
     "generate_key",
+    "is_hmac_algorithm",
     "is_rsa_algorithm",
     "load_key",
 ]
 
 RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
-ALGORITHMS = (*RSA_ALGORITHMS, "ES256", "ES384", "ES512", "EdDSA")
+PUBLIC_KEY_ALGORITHMS = (*RSA_ALGORITHMS, "ES256", "ES384", "ES512", "EdDSA")
+"""The algorithms whose keys have a public half, published in a JWK Set."""
+HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+ALGORITHMS = (*PUBLIC_KEY_ALGORITHMS, *HMAC_ALGORITHMS)
+
+HMAC_HASH_BITS = MappingProxyType({"HS256": 256, "HS384": 384, "HS512": 512})
+"""The smallest HMAC key for each algorithm, and the default: RFC 7518 section 3.2 requires a
+key "of the same size as the hash output ... or larger"."""
+
+HMAC_BLOCK_BITS = MappingProxyType({"HS256": 512, "HS384": 1024, "HS512": 1024})
+"""The largest HMAC key worth having: a key longer than the hash's block is hashed down to the
+hash size first (RFC 2104 section 3), so it adds length and no strength."""
 
 RSA_KEY_SIZES = (2048, 3072, 4096)
 """Sizes offered for new RSA keys. 2048 is the floor of RFC 7518 section 3.3; sizes outside
@@ -67,41 +92,63 @@ def is_rsa_algorithm(algorithm: str) -> bool:
     return algorithm in RSA_ALGORITHMS
 
 
+def is_hmac_algorithm(algorithm: str) -> bool:
+    return algorithm in HMAC_ALGORITHMS
+
+
 @dataclass(frozen=True)
 class KeyMaterial:
-    """One signing key: its kid, algorithm and private key (PKCS#8 PEM).
+    """One signing key: its kid, algorithm and private material.
 
     Build it with :func:`generate_key` or :func:`load_key`, which guarantee that ``kid`` is
-    the thumbprint of ``private_pem`` and that the key fits ``alg``.
+    the thumbprint of the key and that the key fits ``alg``.
     """
 
     kid: str
     alg: str
-    private_pem: bytes = field(repr=False)
+    private: bytes = field(repr=False)
+    """The private key as PKCS#8 PEM, or for an HMAC key the raw key bytes."""
     public_members: tuple[tuple[str, str], ...] = field(repr=False, compare=False)
     """The public JWK members (kty, crv, x, y / n, e) computed when the key was made, so that
-    publishing does not re-parse the private key."""
+    publishing does not re-parse the private key; empty for an HMAC key, which has none."""
 
     def __post_init__(self) -> None:
         if self.alg not in ALGORITHMS:
             raise KeyMaterialError(f"unsupported algorithm {self.alg!r}")
 
+    @property
+    def is_shared_secret(self) -> bool:
+        return is_hmac_algorithm(self.alg)
+
     def public_jwk(self) -> dict[str, str]:
-        """The JWK for the JWKS: public members only, plus ``kid``, ``alg`` and ``use="sig"``."""
+        """The JWK for the JWKS: public members only, plus ``kid``, ``alg`` and ``use="sig"``.
+        An HMAC key has no public half and is never published: asking is a bug, and refused."""
+        if self.is_shared_secret:
+            raise KeyMaterialError(f"key {self.kid} is an {self.alg} shared secret: it has no public JWK")
         return {**dict(self.public_members), "use": "sig", "alg": self.alg, "kid": self.kid}
 
     def private_jwk(self) -> dict[str, Any]:
-        """The full private JWK, for signers that want a JWK rather than PEM. Secret!"""
-        private = _to_joserfc_key(_load_private_key(self.private_pem))
+        """The full private JWK (for an HMAC key its ``oct`` JWK, which verifiers need too).
+        Secret!"""
+        if self.is_shared_secret:
+            return {"kty": "oct", "k": _b64url(self.private), "use": "sig", "alg": self.alg, "kid": self.kid}
+        private = _to_joserfc_key(_load_private_key(self.private))
         return {**private.as_dict(private=True), "use": "sig", "alg": self.alg, "kid": self.kid}
 
 
-def generate_key(algorithm: str, rsa_key_size: int = DEFAULT_RSA_KEY_SIZE) -> KeyMaterial:
-    """Generate a fresh key for ``algorithm`` (``rsa_key_size`` applies to RS*/PS* only)."""
+def generate_key(
+    algorithm: str, rsa_key_size: int = DEFAULT_RSA_KEY_SIZE, hmac_key_size: int | None = None
+) -> KeyMaterial:
+    """Generate a fresh key for ``algorithm`` (``rsa_key_size`` applies to RS*/PS* only,
+    ``hmac_key_size`` in bits to HS* only, by default the hash size)."""
     if algorithm not in ALGORITHMS:
         raise KeyMaterialError(
             f"unsupported algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}"
         )
+    if is_hmac_algorithm(algorithm):
+        bits = HMAC_HASH_BITS[algorithm] if hmac_key_size is None else hmac_key_size
+        _check_hmac_key_size(algorithm, bits)
+        return _hmac_material(secrets.token_bytes(bits // 8), algorithm)
     private_key: _PrivateKey
     if is_rsa_algorithm(algorithm):
         if rsa_key_size not in RSA_KEY_SIZES:
@@ -117,20 +164,22 @@ def generate_key(algorithm: str, rsa_key_size: int = DEFAULT_RSA_KEY_SIZE) -> Ke
     return _material(private_key, algorithm)
 
 
-def load_key(private_pem: bytes, alg: str, *, expected_kid: str | None = None) -> KeyMaterial:
+def load_key(private: bytes, alg: str, *, expected_kid: str | None = None) -> KeyMaterial:
     """Load a PEM private key (PKCS#8 or traditional) and check that it fits ``alg``.
 
     With ``expected_kid`` (the kid recorded next to the material) a mismatch is reported too:
-    it means the Secret was edited by hand. The returned ``private_pem`` is re-encoded as
+    it means the Secret was edited by hand. The returned ``private`` is re-encoded as
     PKCS#8. Raises :class:`KeyMaterialError`, whose message never holds key material.
     """
     if alg not in ALGORITHMS:
         raise KeyMaterialError(f"unsupported algorithm {alg!r}; expected one of {', '.join(ALGORITHMS)}")
-    if isinstance(private_pem, str):
-        private_pem = private_pem.encode("ascii", errors="replace")
-    if not isinstance(private_pem, (bytes, bytearray)):
-        raise KeyMaterialError(f"key material must be PEM bytes, got {type(private_pem).__name__}")
-    private_key = _load_private_key(bytes(private_pem))
+    if is_hmac_algorithm(alg):
+        return _load_hmac_key(private, alg, expected_kid)
+    if isinstance(private, str):
+        private = private.encode("ascii", errors="replace")
+    if not isinstance(private, (bytes, bytearray)):
+        raise KeyMaterialError(f"key material must be PEM bytes, got {type(private).__name__}")
+    private_key = _load_private_key(bytes(private))
     _check_fits_algorithm(private_key, alg)
     material = _material(private_key, alg)
     if expected_kid is not None and material.kid != expected_kid:
@@ -140,9 +189,35 @@ def load_key(private_pem: bytes, alg: str, *, expected_kid: str | None = None) -
     return material
 
 
-def _load_private_key(private_pem: bytes) -> _PrivateKey:
+def _check_hmac_key_size(alg: str, bits: int) -> None:
+    low, high = HMAC_HASH_BITS[alg], HMAC_BLOCK_BITS[alg]
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits % 8 or not low <= bits <= high:
+        raise KeyMaterialError(f"{alg} keys are whole bytes from {low} to {high} bits, got {bits!r}")
+
+
+def _load_hmac_key(private: bytes, alg: str, expected_kid: str | None) -> KeyMaterial:
+    if not isinstance(private, (bytes, bytearray)):
+        raise KeyMaterialError(f"an {alg} key must be bytes, got {type(private).__name__}")
+    # A stored key is checked against the floor only: a longer one still verifies its tokens.
+    if len(private) * 8 < HMAC_HASH_BITS[alg]:
+        raise KeyMaterialError(f"{alg} needs a key of at least {HMAC_HASH_BITS[alg]} bits, got {len(private) * 8} bits")
+    material = _hmac_material(bytes(private), alg)
+    if expected_kid is not None and material.kid != expected_kid:
+        raise KeyMaterialError(f"key material does not match kid {expected_kid!r} (its thumbprint is {material.kid!r})")
+    return material
+
+
+def _hmac_material(key: bytes, alg: str) -> KeyMaterial:
+    return KeyMaterial(kid=OctKey.import_key(key).thumbprint(), alg=alg, private=key, public_members=())
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _load_private_key(private: bytes) -> _PrivateKey:
     try:
-        private_key = serialization.load_pem_private_key(private_pem, password=None)
+        private_key = serialization.load_pem_private_key(private, password=None)
     except TypeError:
         # The cause is dropped (`from None`) so no library message can carry key bytes along.
         raise KeyMaterialError("PEM private key is encrypted; expected an unencrypted key") from None
@@ -201,7 +276,7 @@ def _material(private_key: _PrivateKey, alg: str) -> KeyMaterial:
     return KeyMaterial(
         kid=public.thumbprint(),
         alg=alg,
-        private_pem=private_key.private_bytes(
+        private=private_key.private_bytes(
             encoding=serialization.Encoding.PEM,
             format=serialization.PrivateFormat.PKCS8,
             encryption_algorithm=serialization.NoEncryption(),

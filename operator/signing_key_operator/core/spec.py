@@ -20,7 +20,7 @@ from datetime import timedelta
 from typing import Any
 
 from .durations import format_duration, parse_duration
-from .keys import ALGORITHMS, DEFAULT_RSA_KEY_SIZE, RSA_KEY_SIZES
+from .keys import ALGORITHMS, DEFAULT_RSA_KEY_SIZE, HMAC_BLOCK_BITS, HMAC_HASH_BITS, RSA_KEY_SIZES, is_hmac_algorithm
 from .lifetimes import TokenLifetimes
 from .verifier_clients import VERIFIER_CLIENTS, VerifierClient
 
@@ -91,6 +91,11 @@ TOKEN_LIFETIME_CLASS_LIMIT = 8
 """At most this many ``spec.tokenLifetimes`` classes: a few kinds of token (admin, service,
 user) get lifetimes of their own; dozens would be configuration no one can review."""
 
+_PUBLIC_SET_ONLY = (
+    "applies only to a public JWK Set, and an HMAC policy publishes none "
+    "(its keys go to verifiers in the verification Secret)"
+)
+
 _CLASS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 _SERVED_URL = re.compile(r"^https?://[^/?#@\s]+([/?#]\S*)?$")
@@ -150,6 +155,15 @@ class PolicySpec:
     a setting that does nothing."""
     rotation_interval: timedelta
     """``spec.rotation.interval``: how long each key signs; :data:`DEFAULT_ROTATION_INTERVAL`."""
+    hmac_key_size: int | None = None
+    """``spec.hmacKeySize`` in bits, for HS* only (None otherwise: the CRD refuses it with any
+    other algorithm); by default the hash size, the floor of RFC 7518 section 3.2
+    (:data:`~.keys.HMAC_HASH_BITS`), and at most the hash's block size
+    (:data:`~.keys.HMAC_BLOCK_BITS`), beyond which a key adds no strength."""
+    verification_secret_name: str = ""
+    """``spec.verificationSecretName``, for HS* only, default ``<name>-verification`` (filled in
+    at construction): the Secret verifiers mount, holding the keys as an ``oct`` JWK Set. An HS
+    policy publishes no public JWK Set: its keys verify as well as they sign."""
     publish_ahead: timedelta
     """``spec.rotation.publishAhead``: how long a key is published before it signs. Default
     max(:data:`DEFAULT_MINIMUM_PUBLISH_AHEAD`, jwks.maxAge): longer than every common client's
@@ -200,6 +214,7 @@ class PolicySpec:
                 "spec.rsaKeySize",
                 f"must be one of {', '.join(map(str, RSA_KEY_SIZES))} (got {self.rsa_key_size!r})",
             )
+        self._check_shared_secret_settings()
         if self.rotation_interval <= timedelta(0):
             raise SpecError("spec.rotation.interval", "must be positive")
         if self.publish_ahead <= timedelta(0):
@@ -213,8 +228,9 @@ class PolicySpec:
         if self.jwks_max_age < timedelta(0):
             raise SpecError("spec.jwks.maxAge", "must not be negative")
         # Equal is enough: a set fetched just before a key was published expires in the
-        # caches that honour max-age before that key signs.
-        if self.publish_ahead < self.jwks_max_age:
+        # caches that honour max-age before that key signs. (An HMAC policy has no cached set:
+        # its verifiers wait for the kubelet instead, which the timeline warning covers.)
+        if self.publish_ahead < self.jwks_max_age and not self.is_shared_secret:
             raise SpecError(
                 "spec.rotation.publishAhead",
                 f"must not be below spec.jwks.maxAge ({_show(self.publish_ahead)} < "
@@ -269,6 +285,52 @@ class PolicySpec:
                 )
 
     @property
+    def is_shared_secret(self) -> bool:
+        """HS*: the keys verify as well as they sign, so they go to verifiers in a Secret and
+        nothing about them is published."""
+        return is_hmac_algorithm(self.algorithm)
+
+    @property
+    def published_set_name(self) -> str:
+        """Where verifiers find the keys: the verification Secret of an HMAC policy, else the
+        JWKS ConfigMap."""
+        return self.verification_secret_name if self.is_shared_secret else self.jwks_config_map_name
+
+    @property
+    def key_size(self) -> int | None:
+        """The size in bits new keys are made with (RSA or HMAC); None: the curve decides."""
+        if self.is_shared_secret:
+            return self.hmac_key_size
+        return self.rsa_key_size if self.algorithm.startswith(("RS", "PS")) else None
+
+    def _check_shared_secret_settings(self) -> None:
+        if not self.is_shared_secret:
+            if self.hmac_key_size is not None:
+                raise SpecError("spec.hmacKeySize", f"applies only to the HMAC algorithms (HS256, HS384, HS512), not to {self.algorithm}")
+            if self.verification_secret_name:
+                raise SpecError("spec.verificationSecretName", f"applies only to the HMAC algorithms (HS256, HS384, HS512), not to {self.algorithm}")
+            return
+        if self.hmac_key_size is None:
+            object.__setattr__(self, "hmac_key_size", HMAC_HASH_BITS[self.algorithm])
+        low, high = HMAC_HASH_BITS[self.algorithm], HMAC_BLOCK_BITS[self.algorithm]
+        size = self.hmac_key_size
+        if isinstance(size, bool) or not isinstance(size, int) or size % 8 or not low <= size <= high:
+            raise SpecError(
+                "spec.hmacKeySize",
+                f"must be a multiple of 8 from {low} to {high} for {self.algorithm} (got {size!r}): "
+                f"RFC 7518 requires at least the hash size, and beyond the hash's block size a key is hashed down first",
+            )
+        if self.served_at:
+            raise SpecError("spec.jwks.servedAt", _PUBLIC_SET_ONLY)
+        if self.ca_bundle is not None:
+            raise SpecError("spec.jwks.caBundleRef", _PUBLIC_SET_ONLY)
+        if self.jwks_max_age != DEFAULT_JWKS_MAX_AGE:
+            raise SpecError("spec.jwks.maxAge", _PUBLIC_SET_ONLY)
+        if not self.verification_secret_name:
+            object.__setattr__(self, "verification_secret_name", f"{self.name}-verification")
+        _check_object_name("spec.verificationSecretName", self.verification_secret_name, self.name)
+
+    @property
     def retention(self) -> timedelta:
         """How long a key that stopped signing stays published (invariant 3).
 
@@ -309,6 +371,13 @@ class PolicySpec:
         rsa_key_size = spec.get("rsaKeySize", DEFAULT_RSA_KEY_SIZE)
         if isinstance(rsa_key_size, bool) or not isinstance(rsa_key_size, int):
             raise SpecError("spec.rsaKeySize", f"must be an integer (got {rsa_key_size!r})")
+        hmac_key_size = spec.get("hmacKeySize")
+        if hmac_key_size is not None and (isinstance(hmac_key_size, bool) or not isinstance(hmac_key_size, int)):
+            raise SpecError("spec.hmacKeySize", f"must be an integer (got {hmac_key_size!r})")
+        if is_hmac_algorithm(algorithm) and "jwksConfigMapName" in spec:
+            raise SpecError(
+                "spec.jwksConfigMapName", _PUBLIC_SET_ONLY,
+            )
         suspend = spec.get("suspend", False)
         if not isinstance(suspend, bool):
             raise SpecError("spec.suspend", f"must be true or false (got {suspend!r})")
@@ -332,6 +401,8 @@ class PolicySpec:
             name=name,
             algorithm=algorithm,
             rsa_key_size=rsa_key_size,
+            hmac_key_size=hmac_key_size,
+            verification_secret_name=_name("spec.verificationSecretName", spec, "verificationSecretName", ""),
             rotation_interval=_duration(
                 "spec.rotation.interval", rotation, "interval", DEFAULT_ROTATION_INTERVAL
             ),
@@ -364,6 +435,19 @@ class PolicySpec:
 def timeline_warnings(spec: PolicySpec) -> tuple[SpecWarning, ...]:
     """Warnings for timelines shorter than what common verifiers need (valid, but risky)."""
     warnings: list[SpecWarning] = []
+    if spec.is_shared_secret:
+        # Its verifiers read a mounted Secret, not a cached JWK Set: the kubelet's lag counts.
+        if spec.publish_ahead < spec.secret_propagation:
+            warnings.append(
+                SpecWarning(
+                    "spec.rotation.publishAhead",
+                    f"{_show(spec.publish_ahead)} is shorter than the time a changed Secret takes to reach "
+                    f"the pods that mount it ({_show(spec.secret_propagation)}: the kubelet's sync period "
+                    "with its jitter). Verifiers may reject tokens signed by a new key until their copy "
+                    "of the verification Secret has it.",
+                )
+            )
+        return tuple(warnings)
     slower = [client for client in VERIFIER_CLIENTS if spec.publish_ahead < client.minimum_publish_ahead]
     if slower:
         clients = _by_minimum_publish_ahead(slower)

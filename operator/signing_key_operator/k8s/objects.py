@@ -1,8 +1,9 @@
 """How the operator's state looks as Kubernetes objects, and back.
 
 One Secret per key, named `<policy>-key-<serial>`, holds the private key (`private.pem`,
-PKCS#8), its `kid` and `alg`, and everything the lifecycle needs as labels and annotations
-(design invariant 6: losing the policy's status loses nothing). The kid is an annotation, not a
+PKCS#8; for an HMAC key `key`, its raw bytes), its `kid` and `alg`, and everything the lifecycle
+needs as labels and annotations (design invariant 6: losing the policy's status loses nothing).
+Secrets are written as `data` (base64), never `stringData`: an HMAC key is bytes, not text. The kid is an annotation, not a
 label: a label value must start and end with an alphanumeric character, which a base64url
 thumbprint need not.
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from ..core.keys import KeyMaterial, KeyMaterialError, load_key
+from ..core.keys import KeyMaterial, KeyMaterialError, is_hmac_algorithm, load_key
 from ..core.planner import KeyReason, KeyRecord, KeyState, SigningSecretView, key_secret_name
 
 PREFIX = "signingkeys.dev"
@@ -25,6 +26,7 @@ SERIAL_LABEL = f"{PREFIX}/serial"
 COMPONENT_LABEL = f"{PREFIX}/component"
 KEY_SECRET_TYPE = f"{PREFIX}/signing-key"
 SIGNING_SECRET_TYPE = f"{PREFIX}/active-signing-key"
+VERIFICATION_SECRET_TYPE = f"{PREFIX}/verification-keys"
 MAX_AGE_ANNOTATION = f"{PREFIX}/jwks-max-age"
 ROTATE_HANDLED_ANNOTATION = f"{PREFIX}/rotate-handled"
 REVOKE_HANDLED_ANNOTATION = f"{PREFIX}/revoke-handled"
@@ -32,6 +34,10 @@ SIGNING_SINCE_ANNOTATION = f"{PREFIX}/signing-since"
 LIFETIMES_KEY = "lifetimes.json"
 """The signing Secret's key for the lifetimes signers must respect (PolicySpec.signer_lifetimes)."""
 REPLACED_KID_ANNOTATION = f"{PREFIX}/replaced-kid"
+HMAC_KEY_TEXT_KEY = "key.b64url"
+"""The HMAC signing Secret's key as base64url text, beside ``key`` (the raw bytes)."""
+VERIFICATION_SET_KEY = "jwks.json"
+"""The verification Secret's key for the oct JWK Set verifiers of an HMAC policy read."""
 
 _TIME_FIELDS = ("created", "activate_at", "activated", "retired", "removal_due", "revoked", "first_served")
 
@@ -150,6 +156,15 @@ def key_metadata(record: KeyRecord) -> tuple[dict[str, str], dict[str, str]]:
     return labels, annotations
 
 
+def _data(files: dict[str, bytes]) -> dict[str, str]:
+    return {name: base64.b64encode(value).decode() for name, value in files.items()}
+
+
+def _key_file(alg: str) -> str:
+    """The data key holding the key itself: PEM text, or an HMAC key's raw bytes."""
+    return "key" if is_hmac_algorithm(alg) else "private.pem"
+
+
 def key_secret(policy: dict[str, Any], record: KeyRecord, material: KeyMaterial) -> dict[str, Any]:
     name = policy["metadata"]["name"]
     labels, annotations = key_metadata(record)
@@ -164,12 +179,12 @@ def key_secret(policy: dict[str, Any], record: KeyRecord, material: KeyMaterial)
             "annotations": annotations,
             "ownerReferences": [owner_reference(policy)],
         },
-        "stringData": {
-            "kid": material.kid,
-            "alg": material.alg,
-            "private.pem": material.private_pem.decode(),
-            "public.jwk.json": json.dumps(material.public_jwk(), sort_keys=True),
-        },
+        "data": _data({
+            "kid": material.kid.encode(),
+            "alg": material.alg.encode(),
+            _key_file(material.alg): material.private,
+            **({} if material.is_shared_secret else {"public.jwk.json": json.dumps(material.public_jwk(), sort_keys=True).encode()}),
+        }),
     }
 
 
@@ -218,14 +233,15 @@ def read_key_secret(secret: dict[str, Any]) -> StoredKey:
         raise BrokenKeySecret(f"Secret {name}: bad lifecycle metadata ({bad})") from None
     if name != key_secret_name(labels.get(POLICY_LABEL, ""), record.serial):
         raise BrokenKeySecret(f"Secret {name}: name does not match its policy and serial labels")
+    key_file = _key_file(record.alg)
     try:
-        material = load_key(_decoded(secret, "private.pem"), record.alg)
+        material = load_key(_decoded(secret, key_file), record.alg)
     except BrokenKeySecret as broken:
         raise BrokenKeySecret(f"Secret {name}: {broken}") from None
     except KeyMaterialError as bad:
-        raise BrokenKeySecret(f"Secret {name}: data.private.pem is unusable ({bad})") from None
+        raise BrokenKeySecret(f"Secret {name}: data.{key_file} is unusable ({bad})") from None
     if material.kid != record.kid:
-        raise BrokenKeySecret(f"Secret {name}: data.private.pem does not match kid {record.kid} (tampered?)")
+        raise BrokenKeySecret(f"Secret {name}: data.{key_file} does not match kid {record.kid} (tampered?)")
     if _decoded(secret, "kid").decode(errors="replace") != record.kid:
         raise BrokenKeySecret(f"Secret {name}: data.kid does not match its kid annotation")
     return StoredKey(record, material, name, metadata["resourceVersion"])
@@ -261,13 +277,39 @@ def signing_secret(
             "annotations": annotations,
             "ownerReferences": [owner_reference(policy)],
         },
-        "stringData": {
-            "kid": material.kid,
-            "alg": material.alg,
-            "private.pem": material.private_pem.decode(),
-            LIFETIMES_KEY: lifetimes.decode(),
-        },
+        "data": _data({
+            "kid": material.kid.encode(),
+            "alg": material.alg.encode(),
+            _key_file(material.alg): material.private,
+            # The same key as text, for signers configured from an environment variable or a
+            # config file: base64url without padding, as in the JWK's `k`.
+            **({HMAC_KEY_TEXT_KEY: base64.urlsafe_b64encode(material.private).rstrip(b"=")} if material.is_shared_secret else {}),
+            LIFETIMES_KEY: lifetimes,
+        }),
     }
+
+
+def verification_secret(policy: dict[str, Any], secret_name: str, jwk_set: bytes) -> dict[str, Any]:
+    """The Secret verifiers of an HMAC policy mount: ``jwks.json``, the next, active and retired
+    keys as ``oct`` JWKs (core.jwks.render_oct_jwk_set). A Secret, not a ConfigMap: every key in
+    it signs as well as it verifies."""
+    name = policy["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": VERIFICATION_SECRET_TYPE,
+        "metadata": {
+            "name": secret_name,
+            "namespace": policy["metadata"]["namespace"],
+            "labels": policy_labels(name, "verification"),
+            "ownerReferences": [owner_reference(policy)],
+        },
+        "data": _data({VERIFICATION_SET_KEY: jwk_set}),
+    }
+
+
+def secret_is_current(secret: dict[str, Any] | None, desired: dict[str, Any]) -> bool:
+    return secret is not None and (secret.get("data") or {}) == desired["data"]
 
 
 def signing_view(secret: dict[str, Any] | None) -> SigningSecretView | None:
@@ -306,7 +348,9 @@ def signing_secret_holds(secret: dict[str, Any] | None, material: KeyMaterial) -
         return (
             _decoded(secret, "kid").decode() == material.kid
             and _decoded(secret, "alg").decode() == material.alg
-            and _decoded(secret, "private.pem") == material.private_pem
+            and _decoded(secret, _key_file(material.alg)) == material.private
+            and (not material.is_shared_secret
+                 or _decoded(secret, HMAC_KEY_TEXT_KEY) == base64.urlsafe_b64encode(material.private).rstrip(b"="))
         )
     except (BrokenKeySecret, UnicodeDecodeError):
         return False
