@@ -8,7 +8,8 @@ two writes leaves a state the next reconcile continues from:
 
 1. create new key Secrets (their names come from serials, so a second replica that decided the
    same creation collides and backs off: the create is the guarded write);
-2. publish the JWKS ConfigMap (new keys appear before they sign; revoked and removed keys leave);
+2. publish the JWKS ConfigMap, for an HMAC policy the verification Secret (new keys appear
+   before they sign; revoked and removed keys leave);
 3. record changed lifecycle states on the key Secrets, the newly active key first;
 4. point the signing Secret at the active key (only now does anyone sign with a new key);
 5. record handled request annotations on the policy;
@@ -16,8 +17,8 @@ two writes leaves a state the next reconcile continues from:
    a removed key may be the last record that answers a request;
 7. the status view.
 
-Before the first write every object the plan would write (JWKS ConfigMap, signing Secret, new
-key Secrets) is read and must be absent or this policy's own: controlled by an ownerReference
+Before the first write every object the plan would write (JWKS ConfigMap or verification
+Secret, signing Secret, new key Secrets) is read and must be absent or this policy's own: controlled by an ownerReference
 with the policy's uid, as cert-manager requires of a Secret it writes. A name alone proves
 nothing: a user's ConfigMap, another policy's Secret, the leftovers of an earlier policy of the
 same name share names with what this policy would make. One that is not its own holds all key

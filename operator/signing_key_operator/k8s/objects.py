@@ -3,9 +3,10 @@
 One Secret per key, named `<policy>-key-<serial>`, holds the private key (`private.pem`,
 PKCS#8; for an HMAC key `key`, its raw bytes), its `kid` and `alg`, and everything the lifecycle
 needs as labels and annotations (design invariant 6: losing the policy's status loses nothing).
-Secrets are written as `data` (base64), never `stringData`: an HMAC key is bytes, not text. The kid is an annotation, not a
-label: a label value must start and end with an alphanumeric character, which a base64url
-thumbprint need not.
+Secrets are written as `data` (base64), never `stringData`: an HMAC key is bytes, not text.
+
+The kid is an annotation, not a label: a label value must start and end with an alphanumeric
+character, which a base64url thumbprint need not.
 """
 
 from __future__ import annotations
@@ -291,7 +292,7 @@ def signing_secret(
 
 def verification_secret(policy: dict[str, Any], secret_name: str, jwk_set: bytes) -> dict[str, Any]:
     """The Secret verifiers of an HMAC policy mount: ``jwks.json``, the next, active and retired
-    keys as ``oct`` JWKs (core.jwks.render_oct_jwk_set). A Secret, not a ConfigMap: every key in
+    keys as ``oct`` JWKs (core.jwks.render_shared_key_set). A Secret, not a ConfigMap: every key in
     it signs as well as it verifies."""
     name = policy["metadata"]["name"]
     return {
