@@ -89,6 +89,17 @@ def summary(tmp_path_factory):
     print(f"(JSON: {targets[1]}; also {targets[0]})")
 
 
+def _verification_header(width: int) -> str:
+    return f"{'client':<{width}}{'verified':>10}{'failures':>10}{'fresh':>8}{'mid':>8}{'oldest':>8}{'revoke reaction':>18}"
+
+
+def _verification_row(name: str, figures: dict, width: int) -> str:
+    """A client's verifications in a run, by age, and its reaction to the revoke."""
+    kinds, reaction = figures["by_kind"], figures.get("revoke_reaction_s")
+    return (f"{name:<{width}}{figures['verified']:>10}{figures['failures']:>10}{kinds.get('fresh', 0):>8}"
+            f"{kinds.get('mid', 0):>8}{kinds.get('oldest', 0):>8}{(f'{reaction:.2f} s' if reaction is not None else 'never'):>18}")
+
+
 def format_summary(data: dict) -> str:
     lines = []
     rotation = data.get("rotation")
@@ -98,14 +109,10 @@ def format_summary(data: dict) -> str:
             f"{rotation['rotations']['annotation']} annotation) in {rotation['duration_s']} s; "
             f"{rotation['tokens_signed']} tokens signed over {len(rotation['kids_signed'])} kids"
         )
-        lines.append(f"{'client':<18}{'verified':>10}{'failures':>10}{'fresh':>8}{'mid':>8}{'oldest':>8}"
-                     f"{'revoke reaction':>18}{'fetches/rotation':>18}{'during revoke':>15}  user agent")
+        lines.append(f"{_verification_header(18)}{'fetches/rotation':>18}{'during revoke':>15}  user agent")
         for name, figures in rotation["clients"].items():
-            reaction = figures.get("revoke_reaction_s")
             lines.append(
-                f"{name:<18}{figures['verified']:>10}{figures['failures']:>10}{figures['by_kind'].get('fresh', 0):>8}"
-                f"{figures['by_kind'].get('mid', 0):>8}{figures['by_kind'].get('oldest', 0):>8}"
-                f"{(f'{reaction:.2f} s' if reaction is not None else 'never'):>18}"
+                f"{_verification_row(name, figures, 18)}"
                 f"{figures.get('jwks_fetches_per_rotation', '-'):>18}{figures.get('jwks_fetches_during_revoke', '-'):>15}"
                 f"  {','.join(figures.get('jwks_fetch_client_labels', []))}"
             )
@@ -117,6 +124,17 @@ def format_summary(data: dict) -> str:
             )
             for name, figures in rotation["clients"].items():
                 lines.append(f"  {name}: {figures.get('revoke_reaction_s')} s: {figures.get('revoke_explanation')}")
+    hmac = data.get("hmac_rotation")
+    if hmac:
+        lines.append("")
+        lines.append(
+            f"HMAC ({hmac['spec']['algorithm']}, verification Secret on a lagging mount): {hmac['rotations']['total']} rotations "
+            f"({hmac['rotations'].get('timer', 0)} timer, {hmac['rotations'].get('annotation', 0)} annotation) in "
+            f"{hmac['duration_s']} s; {hmac['tokens_signed']} tokens over {hmac['kids_signed']} kids"
+        )
+        lines.append(f"{_verification_header(10)}  library")
+        for name, figures in hmac["clients"].items():
+            lines.append(f"{_verification_row(name, figures, 10)}  {figures['library']}")
     negative = data.get("envoy_negative")
     if negative:
         lines.append("")

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from kubernetes.client.rest import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
 from signing_key_operator import sign as signer_library
+from signing_key_operator.core.planner import ROTATE_ANNOTATION
 
 from tests.integration.harness import REPO, free_port, terminate, wait_until
 from tests.kubelet_volume import kubelet_update
@@ -112,7 +114,8 @@ class Sidecar:
 class SigningKey:
     kid: str
     alg: str
-    pem: bytes
+    private: bytes
+    """PEM, or an HMAC key's raw bytes: what PyJWT signs with either way."""
 
 
 def read_signing_secret(core: k8s.CoreV1Api, namespace: str, name: str) -> tuple[str, dict[str, bytes]] | None:
@@ -127,11 +130,12 @@ def read_signing_secret(core: k8s.CoreV1Api, namespace: str, name: str) -> tuple
 
 
 def signing_key(data: dict[str, bytes]) -> SigningKey:
-    return SigningKey(data["kid"].decode(), data["alg"].decode(), data["private.pem"])
+    return SigningKey(data["kid"].decode(), data["alg"].decode(), data.get("private.pem") or data["key"])
 
 
 class MountedSecret(threading.Thread):
-    """The signing Secret as a pod sees it through a volume mount: every change, late.
+    """A Secret as a pod sees it through a volume mount: every change, late (the signing
+    Secret, or an HMAC policy's verification Secret).
 
     The kubelet notices a changed Secret on its sync loop and swaps the volume's files after
     its cache delay. Scaled down: this polls the API every ``poll`` seconds and writes each new
@@ -155,6 +159,8 @@ class MountedSecret(threading.Thread):
         self._lock = threading.Lock()
         self._pending: list[tuple[float, dict[str, bytes]]] = []
         self._visible: SigningKey | None = None
+        self.files: dict[str, bytes] | None = None
+        """What the mounted files hold now (None before the first version is shown)."""
         self.changes: list[dict] = []
         """(kid, lifetimes, seen by the poll, visible to the signer), for the report."""
 
@@ -175,7 +181,7 @@ class MountedSecret(threading.Thread):
                         shown = now if not self.changes else now + random.uniform(*self.lag)
                         if not self._pending or self._pending[-1][1] != current[1]:
                             self._pending.append((shown, current[1]))
-                            self.changes.append({"kid": current[1]["kid"].decode(),
+                            self.changes.append({"kid": current[1].get("kid", b"").decode() or None,
                                                  "lifetimes": current[1].get("lifetimes.json", b"").decode(),
                                                  "seen": now, "visible": None})
                 self._apply_due()
@@ -188,7 +194,9 @@ class MountedSecret(threading.Thread):
             _, data = self._pending.pop(0)
             kubelet_update(self.volume, data)
             with self._lock:
-                self._visible = signing_key(data)
+                # A signing Secret names its key; an HMAC policy's verification Secret does not.
+                self._visible = signing_key(data) if "kid" in data else None
+                self.files = data
                 next(change for change in self.changes if change["visible"] is None)["visible"] = time.time()
 
     def visible(self) -> SigningKey | None:
@@ -312,7 +320,7 @@ def sign(key: SigningKey, seq: int, lifetime: int, probe: bool = False) -> Token
     now = time.time()
     iat = int(now)
     claims = {**TOKEN_CLAIMS, "iat": iat, "exp": iat + lifetime, "jti": str(seq)}
-    value = jwt.encode(claims, key.pem, algorithm=key.alg, headers={"kid": key.kid})
+    value = jwt.encode(claims, key.private, algorithm=key.alg, headers={"kid": key.kid})
     return Token(seq, key.kid, key.alg, now, iat + lifetime, value, probe, iat)
 
 
@@ -656,3 +664,52 @@ def start_clients(clients: tuple[Client, ...], args: dict[str, list[str]], log_d
         processes[one.name] = VerifierProcess(one, args.get(one.name, []), log_dir / f"verifier-{one.name}.log")
     return processes
 
+
+
+def check_threads(workers: list[ClientWorker], signer: Signer) -> None:
+    """Raise if a verifier worker or the signer has failed or stopped."""
+    for worker in workers:
+        if worker.error is not None:
+            raise RuntimeError(f"{worker.process.client.name} verifier failed: {worker.error!r}")
+        if not worker.is_alive():
+            raise RuntimeError(f"{worker.process.client.name} worker stopped")
+    if signer.error is not None:
+        raise RuntimeError(f"signer failed: {signer.error!r}")
+
+
+def drive_rotations(policies, policy: str, check: Callable[[], None], target: int, min_each: int,
+                    deadline_s: float) -> list[dict]:
+    """Rotations alternating between the rotate annotation (first, then half a second after
+    each timer rotation) and the timer, until there are ``target`` of them and ``min_each`` of
+    each kind; each as when, which kid and why. ``check`` runs every poll (failed threads)."""
+    rotations: list[dict] = []
+    requests = 0
+
+    def request_rotation() -> None:
+        nonlocal requests
+        requests += 1
+        policies.annotate(policy, {ROTATE_ANNOTATION: f"conformance-{requests}-{time.time():.3f}"})
+
+    active = policies.get(policy)["status"]["activeKid"]
+    request_rotation()
+    request_at = None
+    deadline = time.monotonic() + deadline_s
+    while True:
+        kinds = Counter(rotation["reason"] for rotation in rotations)
+        if len(rotations) >= target and kinds["timer"] >= min_each and kinds["annotation"] >= min_each:
+            return rotations
+        if time.monotonic() > deadline:
+            raise AssertionError(f"only {len(rotations)} rotations ({dict(kinds)}) in {deadline_s}s")
+        check()
+        status = policies.get(policy).get("status") or {}
+        current = status.get("activeKid")
+        if current and current != active:
+            reason = next((key.get("reason") for key in status.get("keys") or [] if key["kid"] == current), "unknown")
+            rotations.append({"at": time.time(), "kid": current, "reason": reason})
+            active = current
+            if reason == "timer":
+                request_at = time.time() + 0.5
+        if request_at is not None and time.time() >= request_at:
+            request_rotation()
+            request_at = None
+        time.sleep(0.1)

@@ -34,7 +34,7 @@ AUDIENCE = "https://api.example.com"
 def _token(key: SigningKey, audience: str = AUDIENCE) -> str:
     now = int(time.time())
     claims = {"iss": ISSUER, "aud": audience, "sub": "example", "iat": now, "exp": now + 300}
-    return jwt.encode(claims, key.pem, algorithm=key.alg, headers={"kid": key.kid})
+    return jwt.encode(claims, key.private, algorithm=key.alg, headers={"kid": key.kid})
 
 
 def _status(port: int, token: str) -> int:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from signing_key_operator.core.planner import REVOKE_ANNOTATION, ROTATE_ANNOTATION
+from signing_key_operator.core.planner import REVOKE_ANNOTATION
 from signing_key_operator.core.verifier_clients import VERIFIER_CLIENTS
 
 from tests.integration.harness import wait_until
@@ -26,6 +26,8 @@ from tests.integration.harness import wait_until
 from .clients import CLIENTS, ENVOY_UNKNOWN_KID
 from .driver import (
     ClientWorker,
+    check_threads,
+    drive_rotations,
     Recorder,
     ServedHistory,
     Sidecar,
@@ -99,46 +101,9 @@ class RunResult:
 
 
 def _drive_rotations(policies, workers, signer, result: RunResult) -> None:
-    annotation_count = 0
-
-    def annotate_rotate():
-        nonlocal annotation_count
-        annotation_count += 1
-        policies.annotate(POLICY, {ROTATE_ANNOTATION: f"conformance-{annotation_count}-{time.time():.3f}"})
-
-    active = policies.get(POLICY)["status"]["activeKid"]
-    annotate_rotate()  # the first rotation is an annotation one, then they alternate
-    annotate_at = None
-    deadline = time.monotonic() + ROTATION_DEADLINE_S
-    while True:
-        kinds = Counter(rotation["reason"] for rotation in result.rotations)
-        if len(result.rotations) >= TARGET_ROTATIONS and kinds["timer"] >= MIN_EACH_KIND and kinds["annotation"] >= MIN_EACH_KIND:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"only {len(result.rotations)} rotations ({dict(kinds)}) in {ROTATION_DEADLINE_S}s")
-        _check_threads(workers, signer)
-        status = policies.get(POLICY).get("status") or {}
-        current = status.get("activeKid")
-        if current and current != active:
-            reason = next((key.get("reason") for key in status.get("keys") or [] if key["kid"] == current), "unknown")
-            result.rotations.append({"at": time.time(), "kid": current, "reason": reason})
-            active = current
-            if reason == "timer":
-                annotate_at = time.time() + 0.5
-        if annotate_at is not None and time.time() >= annotate_at:
-            annotate_rotate()
-            annotate_at = None
-        time.sleep(0.1)
-
-
-def _check_threads(workers, signer) -> None:
-    for worker in workers:
-        if worker.error is not None:
-            raise RuntimeError(f"{worker.process.client.name} verifier failed: {worker.error!r}")
-        if not worker.is_alive():
-            raise RuntimeError(f"{worker.process.client.name} worker stopped")
-    if signer.error is not None:
-        raise RuntimeError(f"signer failed: {signer.error!r}")
+    result.rotations.extend(drive_rotations(
+        policies, POLICY, lambda: check_threads(workers, signer), TARGET_ROTATIONS, MIN_EACH_KIND, ROTATION_DEADLINE_S,
+    ))
 
 
 def _revoke(policies, mounted, scheduler, recorder, workers, signer, history, result: RunResult) -> None:
@@ -158,7 +123,7 @@ def _revoke(policies, mounted, scheduler, recorder, workers, signer, history, re
     names = [client.name for client in CLIENTS]
     deadline = revoked_at + REVOKE_DEADLINE_S
     while time.time() < deadline:
-        _check_threads(workers, signer)
+        check_threads(workers, signer)
         probe_seq += 1
         scheduler.add(sign(key, probe_seq, TOKEN_LIFETIME_S, probe=True), ages=False)
         if result.configmap_dropped_at is None and key.kid not in policies.jwks_kids(f"{POLICY}-jwks"):
@@ -299,7 +264,7 @@ def rotation_run(kubeconfig, conformance_namespace, conformance_policies, summar
         _revoke(policies, mounted, scheduler, recorder, workers, signer, history, result)
         signer.stop()
         drain(scheduler, workers, TOKEN_LIFETIME_S + CLOCK_SKEW_S + 10)
-        _check_threads(workers, signer)
+        check_threads(workers, signer)
         count_fetches("end")
         result.verdicts = recorder.snapshot()
         result.signed = len(signer.signed)

@@ -9,15 +9,40 @@ Flags (absent: PyJWT's defaults): --url, --alg (default RS256), --lifespan (JWK 
 seconds, default 300), --cooldown (unknown-kid refetch cooldown seconds, default 30),
 --leeway (seconds, default 0), --audience (the ``aud`` to require; PyJWT refuses a token that
 has one when it was not told which).
+
+--jwks-file PATH instead of a URL: an HMAC policy's verification Secret as mounted (its
+``jwks.json``), read with ``PyJWKSet`` and read again whenever the file changes (:class:`MountedJwkSet`,
+the snippet README.md documents).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import jwt
 from jwt import PyJWKClient
+
+
+class MountedJwkSet:
+    """A JWK Set file, read again when it changes: the kubelet replaces a mounted Secret's
+    files by swapping a symlink, so the file's identity (inode, mtime, size) changes with it."""
+
+    def __init__(self, path: str):
+        self.path, self.version, self.keys = path, None, {}
+
+    def get_signing_key_from_jwt(self, token: str) -> jwt.PyJWK:
+        stat = os.stat(self.path)
+        version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if version != self.version:
+            with open(self.path, encoding="utf-8") as file:
+                self.keys = {key.key_id: key for key in jwt.PyJWKSet.from_json(file.read()).keys}
+            self.version = version
+        kid = jwt.get_unverified_header(token).get("kid")
+        if kid not in self.keys:
+            raise jwt.PyJWKClientError(f"no key with kid {kid} in {self.path}")
+        return self.keys[kid]
 
 
 def main() -> int:
@@ -28,6 +53,7 @@ def main() -> int:
     parser.add_argument("--cooldown", type=float)
     parser.add_argument("--leeway", type=float, default=0)
     parser.add_argument("--audience")
+    parser.add_argument("--jwks-file")
     args = parser.parse_args()
 
     options = {}
@@ -36,7 +62,7 @@ def main() -> int:
     if args.cooldown is not None:
         options["cooldown_duration"] = args.cooldown
 
-    client = PyJWKClient(args.url, **options) if args.url else None
+    client = PyJWKClient(args.url, **options) if args.url else MountedJwkSet(args.jwks_file) if args.jwks_file else None
     algorithm = args.alg
     for raw in sys.stdin:
         line = raw.strip()

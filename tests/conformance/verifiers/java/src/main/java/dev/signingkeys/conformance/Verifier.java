@@ -5,13 +5,21 @@ import java.io.InputStreamReader;
 import java.io.PrintStream;
 import java.net.URL;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.attribute.BasicFileAttributes;
 import java.time.Duration;
+import java.util.List;
 import java.util.HashMap;
 import java.util.Map;
 import java.util.Set;
 
 import com.github.benmanes.caffeine.cache.Caffeine;
 import com.nimbusds.jose.JWSAlgorithm;
+import com.nimbusds.jose.jwk.JWK;
+import com.nimbusds.jose.jwk.JWKSelector;
+import com.nimbusds.jose.jwk.JWKSet;
+import com.nimbusds.jose.jwk.source.ImmutableJWKSet;
 import com.nimbusds.jose.jwk.source.JWKSource;
 import com.nimbusds.jose.jwk.source.JWKSourceBuilder;
 import com.nimbusds.jose.proc.JWSVerificationKeySelector;
@@ -45,9 +53,47 @@ import org.springframework.security.oauth2.jwt.NimbusJwtDecoder;
  * JWKSource: Nimbus cache 5 min, no refresh-ahead, no rate limit) with its default validators.
  * Flag: --cache-ttl-ms hands the builder a Caffeine-backed Spring Cache with that TTL (the
  * Spring way to bound the set's cache time; Spring then turns the Nimbus cache off).</li>
+ * <li>nimbus with --jwks-file PATH instead of a URL: an HMAC policy's verification Secret as
+ * mounted (its jwks.json), an {@code ImmutableJWKSet} of its {@code OctetSequenceKey}s read again
+ * whenever the file changes ({@link MountedJWKSet}, the snippet README.md documents), under the
+ * same processor and a {@code JWSVerificationKeySelector} for the HS algorithm.</li>
  * </ul>
  */
 public final class Verifier {
+
+	/**
+	 * A JWK Set file, read again when it changes: the kubelet replaces a mounted Secret's files by
+	 * swapping a symlink, so the file's identity (file key, modification time, size) changes with it.
+	 */
+	static final class MountedJWKSet implements JWKSource<SecurityContext> {
+
+		private final Path path;
+
+		private String version;
+
+		private ImmutableJWKSet<SecurityContext> keys;
+
+		MountedJWKSet(Path path) {
+			this.path = path;
+		}
+
+		@Override
+		public synchronized List<JWK> get(JWKSelector selector, SecurityContext context) {
+			try {
+				BasicFileAttributes attributes = Files.readAttributes(this.path, BasicFileAttributes.class);
+				String now = attributes.fileKey() + ":" + attributes.lastModifiedTime().toMillis() + ":" + attributes.size();
+				if (!now.equals(this.version)) {
+					this.keys = new ImmutableJWKSet<>(JWKSet.parse(Files.readString(this.path)));
+					this.version = now;
+				}
+				return this.keys.get(selector, context);
+			}
+			catch (Exception error) {
+				throw new IllegalStateException("cannot read " + this.path + ": " + error.getMessage(), error);
+			}
+		}
+
+	}
 
 	interface Check {
 		void verify(String token) throws Exception;
@@ -71,6 +117,10 @@ public final class Verifier {
 		return "spring".equals(this.mode) ? spring(url, alg) : nimbus(url, alg);
 	}
 
+	Check mounted(String path, String alg) {
+		return processor(new MountedJWKSet(Path.of(path)), alg);
+	}
+
 	private Check nimbus(String url, String alg) throws Exception {
 		JWKSourceBuilder<SecurityContext> builder = JWKSourceBuilder.create(new URL(url));
 		if (this.flags.containsKey("cache-ttl-ms")) {
@@ -83,7 +133,10 @@ public final class Verifier {
 		if (this.flags.containsKey("rate-limit-ms")) {
 			builder.rateLimited(number("rate-limit-ms", JWKSourceBuilder.DEFAULT_RATE_LIMIT_MIN_INTERVAL));
 		}
-		JWKSource<SecurityContext> source = builder.build();
+		return processor(builder.build(), alg);
+	}
+
+	private Check processor(JWKSource<SecurityContext> source, String alg) {
 		ConfigurableJWTProcessor<SecurityContext> processor = new DefaultJWTProcessor<>();
 		processor.setJWSKeySelector(new JWSVerificationKeySelector<>(JWSAlgorithm.parse(alg), source));
 		DefaultJWTClaimsVerifier<SecurityContext> claims = new DefaultJWTClaimsVerifier<>(null, Set.of("exp"));
@@ -134,7 +187,8 @@ public final class Verifier {
 		}
 		Verifier verifier = new Verifier(args[0], flags);
 		String alg = flags.getOrDefault("alg", "RS256");
-		Check check = flags.containsKey("url") ? verifier.build(flags.get("url"), alg) : null;
+		Check check = flags.containsKey("url") ? verifier.build(flags.get("url"), alg)
+				: flags.containsKey("jwks-file") ? verifier.mounted(flags.get("jwks-file"), alg) : null;
 
 		PrintStream out = new PrintStream(System.out, true, StandardCharsets.UTF_8);
 		BufferedReader in = new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8));
