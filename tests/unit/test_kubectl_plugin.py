@@ -36,6 +36,18 @@ def test_revoking_the_active_key_says_a_fresh_key_signs_at_once_and_its_tokens_a
     assert "Every token" in plan and "issued in the last 1m" in plan and "max-age 10s" in plan
 
 
+def test_revoking_an_hmac_key_speaks_of_the_verification_secret_and_its_mount():
+    status = {k: v for k, v in POLICY["status"].items() if k != "jwksConfigMapName"}
+    hmac = {**POLICY, "spec": {**POLICY["spec"], "algorithm": "HS256", "jwks": None},
+            "status": {**status, "verificationSecretName": "api-tokens-verification"}}
+    plan = revoke_kid_plan(hmac, kid_of("active"))
+    assert "It leaves the verification Secret api-tokens-verification at once." in plan
+    assert "once their mount of that Secret follows" in plan and "max-age" not in plan
+    screen = render_status(hmac, [], None, NOW, 100, colour=False)
+    assert "verifiers mount Secret api-tokens-verification (shared keys: no public JWK Set)" in screen
+    assert "ConfigMap" not in screen
+
+
 def test_revoking_a_next_key_refuses_no_token():
     plan = revoke_kid_plan(POLICY, kid_of("next"))
     assert "has not signed yet" in plan and "no token is refused" in plan

@@ -290,21 +290,27 @@ def revoke_kid_plan(policy: dict, kid: str) -> str:
         raise CommandError(f"{kid} is not a key of SigningKeyPolicy {name}; its keys: {known}")
     key, spec = keys[kid], policy.get("spec") or {}
     lifetime, max_age = spec.get("tokenLifetime"), (spec.get("jwks") or {}).get("maxAge")
-    refetch = f"verifiers refuse them once they refetch the set (it is served with max-age {max_age}; some clients cache longer)"
+    if status.get("verificationSecretName"):
+        the_set = f"the verification Secret {status['verificationSecretName']}"
+        refetch = "verifiers refuse them once their mount of that Secret follows (the kubelet's sync, about a minute)"
+        unknown = "verifiers refuse the fresh key's tokens until their mount has it"
+    else:
+        the_set = "the published and served set"
+        refetch = f"verifiers refuse them once they refetch the set (it is served with max-age {max_age}; some clients cache longer)"
+        unknown = "verifiers that cached the set refuse the fresh key's tokens until they refetch it"
     if key["state"] == "revoked":
         raise CommandError(f"{kid} is already revoked")
     if key["state"] == "active":
         return (f"{kid} signs now (since {key.get('activated', '?')}).\n"
-                f"- It leaves the published and served set at once.\n"
-                f"- A fresh key is made and signs at once, without being published ahead: verifiers that "
-                f"cached the set refuse the fresh key's tokens until they refetch it.\n"
+                f"- It leaves {the_set} at once.\n"
+                f"- A fresh key is made and signs at once, without being published ahead: {unknown}.\n"
                 f"- Every token {kid} signed that has not expired (issued in the last {lifetime}) is refused: {refetch}.")
     if key["state"] == "next":
         return (f"{kid} has not signed yet (published {key.get('created', '?')}).\n"
-                f"- It leaves the published and served set at once; no token is refused.\n"
+                f"- It leaves {the_set} at once; no token is refused.\n"
                 f"- A new next key is published and the rotation waits its publishAhead from then.")
     return (f"{kid} signed until {key.get('retired', '?')} and is still published for its tokens.\n"
-            f"- It leaves the published and served set at once; the active key goes on signing.\n"
+            f"- It leaves {the_set} at once; the active key goes on signing.\n"
             f"- Its tokens that have not expired (issued up to {lifetime} before it retired) are refused: {refetch}.")
 
 
