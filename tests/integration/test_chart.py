@@ -352,6 +352,20 @@ def test_defaults_are_restricted_single_replica_cluster_wide_and_without_peering
     assert find(objects, "ValidatingAdmissionPolicy") and find(objects, "ValidatingAdmissionPolicyBinding")
 
 
+def test_key_material_is_guarded_by_default_and_only_where_the_release_works(tmp_path):
+    guard = "sko-signing-key-operator-key-material.sko-system"
+    (policy,) = find(render(), "ValidatingAdmissionPolicy", guard)
+    (condition,) = [c for c in policy["spec"]["matchConditions"] if c["name"] == "not-the-operator"]
+    assert condition["expression"] == "request.userInfo.username != 'system:serviceaccount:sko-system:sko-signing-key-operator'"
+    (binding,) = find(render(), "ValidatingAdmissionPolicyBinding", guard)
+    assert "matchResources" not in binding["spec"]  # cluster-wide, as the operator is
+    (scoped,) = find(render("-f", values_file(tmp_path, {"namespaces": ["auth", "billing"]})), "ValidatingAdmissionPolicyBinding", guard)
+    assert scoped["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"] == [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["auth", "billing"]}]
+    off = render("-f", values_file(tmp_path, {"admissionPolicy": {"guardKeyMaterial": False}}, "off.yaml"))
+    assert not find(off, "ValidatingAdmissionPolicy", guard) and find(off, "ValidatingAdmissionPolicy")
+
+
 def test_operator_settings_become_its_flags(tmp_path):
     objects = render("-f", values_file(tmp_path, {"operator": CUSTOM_VALUES["operator"]}))
     (deploy,) = find(objects, "Deployment")
@@ -643,6 +657,31 @@ class TestClusterWideRelease:
             ("list", "nodes", None), ("list", "namespaces", None), ("deletecollection", "secrets", ns),
         ]:
             assert not can_i(identity, verb, resource, scope), f"{verb} {resource} should be refused"
+
+    def test_nobody_but_the_operator_writes_key_material(self, release, chart_operator, kubeconfig, api_client, release_policies):
+        """admissionPolicy.guardKeyMaterial: a cluster admin (kubeconfig) is refused, as anyone
+        with Secret rights in the namespace would be, while the operator's identity, which made
+        these Secrets through the whole class, is not."""
+        ns = release["namespace"]
+        wait_until(lambda: release_policies.key_secrets("rotating") or None, 30, "the chart operator's key Secrets")
+        key_secret = release_policies.key_secrets("rotating")[0].metadata.name
+        attempts = {
+            "change a key Secret": ("-n", ns, "label", f"secret/{key_secret}", "tampered=yes"),
+            "delete the signing Secret": ("-n", ns, "delete", "secret/rotating-signing"),
+            "strip the label": ("-n", ns, "label", f"secret/{key_secret}", "signingkeys.dev/component-"),
+        }
+        for what, args in attempts.items():
+            result = kubectl(kubeconfig, *args, check=False)
+            assert result.returncode != 0, what
+            assert "holds signing-key-operator key material (signingkeys.dev/component=" in result.stderr, (what, result.stderr)
+        forged = {"apiVersion": "v1", "kind": "Secret", "metadata": {
+            "name": "rotating-key-999", "namespace": ns,
+            "labels": {"signingkeys.dev/policy": "rotating", "signingkeys.dev/component": "verification"}}}
+        created = kubectl(kubeconfig, "create", "-f", "-", input=json.dumps(forged), check=False)
+        assert created.returncode != 0 and "only the operator writes it" in created.stderr, created.stderr
+        # Everything else is untouched: an unlabelled Secret is anyone's to write.
+        assert kubectl(kubeconfig, "-n", ns, "create", "secret", "generic", "anyones", "--from-literal=a=b").returncode == 0
+        assert chart_operator.process.poll() is None and not refusals(chart_operator.logs())
 
     def test_uninstall_removes_the_release_and_keeps_the_crd_policies_and_keys(self, release, chart_operator, kubeconfig, api_client, release_policies):
         ns = release["namespace"]
