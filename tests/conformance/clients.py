@@ -164,6 +164,26 @@ CLIENTS: tuple[Client, ...] = (
 """Libraries first, then the gateways (each driven through tests/conformance/verifiers/gateway)."""
 
 
+HMAC_CLIENTS: tuple[Client, ...] = (
+    Client("PyJWT", "python", "{PyJWT} `PyJWKSet` from the mounted file"),
+    Client("jose", "node", "{jose} `importJWK` by kid from the mounted file"),
+    Client("Nimbus", "java", "{nimbus-jose-jwt} `ImmutableJWKSet` of `OctetSequenceKey`s", ("nimbus",)),
+    Client("keyfunc", "go", "{MicahParks/keyfunc} `NewJWKSetJSON` with {golang-jwt/jwt}"),
+)
+"""The libraries verifying an HMAC policy's tokens from its mounted verification Secret, each
+reading ``jwks.json`` again when it changes (examples/verifiers/hmac-from-a-mounted-secret.md)."""
+
+
+def hmac_client_args(jwks_file: str, leeway_s: int, audience: str) -> dict[str, list[str]]:
+    """Each HMAC client's flags: the mounted file, HS256 pinned, the leeway on exp."""
+    return {
+        "PyJWT": ["--audience", audience, "--jwks-file", jwks_file, "--alg", "HS256", "--leeway", str(leeway_s)],
+        "jose": ["--jwks-file", jwks_file, "--leeway-s", str(leeway_s)],
+        "Nimbus": ["--jwks-file", jwks_file, "--alg", "HS256", "--leeway-s", str(leeway_s)],
+        "keyfunc": ["-jwks-file", jwks_file, "-leeway", f"{leeway_s}s"],
+    }
+
+
 def missing_builds() -> list[str]:
     return [lang for lang in SOURCES if not is_built(lang)]
 

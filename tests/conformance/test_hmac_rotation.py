@@ -22,7 +22,8 @@ from signing_key_operator.core.planner import REVOKE_ANNOTATION
 
 from tests.integration.harness import wait_until
 
-from .clients import Client
+from .clients import HMAC_CLIENTS as CLIENTS
+from .clients import hmac_client_args
 from .driver import (
     MountedSecret,
     Recorder,
@@ -35,7 +36,7 @@ from .driver import (
     stop_verifying,
     warm_up,
 )
-from .timeline import CLIENT_IDENTITY_ARGS, MOUNT_LAG_S, MOUNT_POLL_S, OLDEST_MARGIN_S, SIGNER_BEAT_S
+from .timeline import AUDIENCE, MOUNT_LAG_S, MOUNT_POLL_S, OLDEST_MARGIN_S, SIGNER_BEAT_S
 
 POLICY = "hmac"
 TOKEN_LIFETIME_S = 6
@@ -54,22 +55,6 @@ MIN_EACH_KIND = 3
 ROTATION_DEADLINE_S = 240
 REVOKE_DEADLINE_S = 15
 STEADY_REFUSAL_S = 1.0
-
-CLIENTS = (
-    Client("PyJWT", "python", "{PyJWT} `PyJWKSet` from the mounted file"),
-    Client("jose", "node", "{jose} `importJWK` by kid from the mounted file"),
-    Client("Nimbus", "java", "{nimbus-jose-jwt} `ImmutableJWKSet` of `OctetSequenceKey`s", ("nimbus",)),
-    Client("keyfunc", "go", "{MicahParks/keyfunc} `NewJWKSetJSON` with {golang-jwt/jwt}"),
-)
-
-
-def _client_args(jwks_file: str) -> dict[str, list[str]]:
-    return {
-        "PyJWT": [*CLIENT_IDENTITY_ARGS["PyJWT"], "--jwks-file", jwks_file, "--alg", "HS256", "--leeway", str(CLOCK_SKEW_S)],
-        "jose": ["--jwks-file", jwks_file, "--leeway-s", str(CLOCK_SKEW_S)],
-        "Nimbus": ["--jwks-file", jwks_file, "--alg", "HS256", "--leeway-s", str(CLOCK_SKEW_S)],
-        "keyfunc": ["-jwks-file", jwks_file, "-leeway", f"{CLOCK_SKEW_S}s"],
-    }
 
 
 def _revoke_reactions(policies, signing: MountedSecret, processes) -> dict:
@@ -113,7 +98,7 @@ def hmac_run(kubeconfig, conformance_namespace, conformance_policies, summary, t
         signing.start()
         verification.start()
         wait_until(lambda: signing.visible() and verification.files, 30, "both Secrets to be mounted")
-        processes = start_clients(CLIENTS, _client_args(str(verification.volume / "jwks.json")), log_dir)
+        processes = start_clients(CLIENTS, hmac_client_args(str(verification.volume / "jwks.json"), CLOCK_SKEW_S, AUDIENCE), log_dir)
         warm_up(processes, signing.visible(), TOKEN_LIFETIME_S)
         recorder = Recorder()
         workers, scheduler, signer = start_verifying(processes, recorder, signing, SIGNER_BEAT_S, OLDEST_MARGIN_S)

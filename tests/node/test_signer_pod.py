@@ -19,8 +19,6 @@ from __future__ import annotations
 import base64
 import json
 import statistics
-import urllib.error
-import urllib.request
 from collections import Counter
 
 import pytest
@@ -28,10 +26,8 @@ import pytest
 from signing_key_operator.k8s.objects import parse_time
 from tests.conformance.clients import CLIENTS, cache_root, missing_builds
 from tests.conformance.driver import (
-    TOKEN_CLAIMS,
     Recorder,
     finish_signing,
-    library_token,
     signing_key,
     start_clients,
     start_verifying_tokens_of,
@@ -43,80 +39,14 @@ from tests.conformance.timeline import CLIENT_ARGS, OLDEST_MARGIN_S
 from tests.integration.harness import wait_until
 
 from .chart_release import NAMESPACE, POLICY, POLICY_SPEC, Kube, Release
+from .pods import PodSigner, answers, signer_pod
 
 ROTATIONS = 10
 BEAT_S = 1.0
 POD = "token-signer"
-MOUNT = "/var/run/signing-key"
 KUBELET_LAG_TIMEOUT_S = 150  # the kubelet's sync period (1 min) with jitter, and room
 TOKEN_LIFETIME_S = int(POLICY_SPEC["tokenLifetime"].rstrip("s"))
 CLOCK_SKEW_S = int(POLICY_SPEC["clockSkew"].rstrip("s"))
-
-# The application: a token for the claims POSTed, from the key the mount holds now.
-SIGNER_APP = f"""
-import http.server, json
-from signing_key_operator.sign import Signer
-
-signer = Signer.from_directory({MOUNT!r})
-
-class Sign(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        claims = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        try:
-            status, body = 200, signer.sign(claims)
-        except Exception as error:
-            status, body = 503, f"{{type(error).__name__}}: {{error}}"
-        body = body.encode()
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-http.server.ThreadingHTTPServer(("", 8080), Sign).serve_forever()
-"""
-
-
-def signer_pod(image: str) -> dict:
-    """The pod as an application team would write it, under the restricted Pod Security Standard."""
-    return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": POD, "labels": {"app": POD}},
-        "spec": {
-            "automountServiceAccountToken": False,  # the mounted Secret is all it reads
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
-                                "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [{
-                "name": "app", "image": image, "imagePullPolicy": "Never",
-                "command": ["python", "-c", SIGNER_APP],
-                "ports": [{"containerPort": 8080}],
-                "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                    "capabilities": {"drop": ["ALL"]}},
-                "volumeMounts": [{"name": "signing-key", "mountPath": MOUNT, "readOnly": True}],
-            }],
-            # the whole Secret, not subPath: a subPath mount never updates
-            "volumes": [{"name": "signing-key", "secret": {"secretName": f"{POLICY}-signing"}}],
-        },
-    }
-
-
-class PodSigner:
-    """sign(claims) through the pod's HTTP port, from this machine (the pod network's bridge)."""
-
-    def __init__(self, url: str):
-        self.url = url
-
-    def sign(self, claims: dict) -> str:
-        request = urllib.request.Request(self.url, data=json.dumps(claims).encode(), method="POST",
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=10) as reply:
-                return reply.read().decode()
-        except urllib.error.HTTPError as refused:
-            raise RuntimeError(f"the signer pod refused: {refused.read().decode()}") from None
-
 
 def _signing_key(kube: Kube):
     data = kube.json("get", "secret", "-n", NAMESPACE, f"{POLICY}-signing")["data"]
@@ -140,7 +70,7 @@ def pod_run(release, kube, tmp_path_factory):
     release.configure(**{"jwksServer.mode": "watch", "operator.secretPropagation": "2m"})
     release.wait_ready()
     log_dir = tmp_path_factory.mktemp("signer-pod")
-    kube.apply(NAMESPACE, signer_pod(release.image))
+    kube.apply(NAMESPACE, signer_pod(release.image, POD, f"{POLICY}-signing"))
     processes, workers = {}, []
     scheduler = signer = None
     rotations = []
@@ -148,7 +78,7 @@ def pod_run(release, kube, tmp_path_factory):
         kube.kubectl("wait", "-n", NAMESPACE, f"pod/{POD}", "--for=condition=Ready", "--timeout=120s", timeout=150)
         pod_ip = kube.json("get", "pod", "-n", NAMESPACE, POD)["status"]["podIP"]
         pod_signer = PodSigner(f"http://{pod_ip}:8080/sign")
-        wait_until(lambda: _answers(pod_signer), 60, "the signer pod to sign")
+        wait_until(lambda: answers(pod_signer), 60, "the signer pod to sign")
 
         url = release.jwks_url
         processes = start_clients(CLIENTS, {name: ["--url", url, *args] for name, args in CLIENT_ARGS.items()}, log_dir)
@@ -188,14 +118,6 @@ def pod_run(release, kube, tmp_path_factory):
     print(json.dumps({key: value for key, value in result.items() if key != "pod_log"}, indent=1))
     (tmp_path_factory.getbasetemp() / "signer-pod-run.json").write_text(json.dumps(result, indent=2))
     return result
-
-
-def _answers(pod_signer: PodSigner) -> bool:
-    try:
-        library_token(pod_signer.sign(TOKEN_CLAIMS), 0, "pod")
-        return True
-    except (OSError, RuntimeError):
-        return False
 
 
 def test_the_pod_signed_with_every_key_of_10_rotations(pod_run):
