@@ -8,7 +8,11 @@ import json
 import urllib.error
 import urllib.request
 
+import pytest
+
+from tests.conformance.clients import cache_root, missing_builds
 from tests.conformance.driver import TOKEN_CLAIMS, library_token
+from tests.integration.harness import wait_until
 
 MOUNT = "/var/run/signing-key"
 
@@ -88,6 +92,23 @@ class PodSigner:
                 return reply.read().decode()
         except urllib.error.HTTPError as refused:
             raise RuntimeError(f"the signer pod refused: {refused.read().decode()}") from None
+
+
+def require_verifier_builds() -> None:
+    """Node tests never skip (conftest.py): missing verifier builds fail them with the reason."""
+    missing = missing_builds()
+    if missing:
+        pytest.fail(f"the conformance verifiers are not built ({', '.join(missing)} missing under {cache_root()}): "
+                    "run tests/conformance/setup.sh first (`make test` does)", pytrace=False)
+
+
+def ready_signer(kube, namespace: str, pod: str) -> PodSigner:
+    """The signer pod, once Ready and signing."""
+    kube.kubectl("wait", "-n", namespace, f"pod/{pod}", "--for=condition=Ready", "--timeout=120s", timeout=150)
+    pod_ip = kube.json("get", "pod", "-n", namespace, pod)["status"]["podIP"]
+    pod_signer = PodSigner(f"http://{pod_ip}:8080/sign")
+    wait_until(lambda: answers(pod_signer), 60, "the signer pod to sign")
+    return pod_signer
 
 
 def answers(pod_signer: PodSigner) -> bool:

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tests.conformance.clients import HMAC_CLIENTS, cache_root, hmac_client_args, missing_builds
+from tests.conformance.clients import HMAC_CLIENTS, hmac_client_args
 from tests.conformance.driver import (
     Recorder,
     finish_signing,
@@ -32,7 +32,7 @@ from tests.conformance.timeline import AUDIENCE, OLDEST_MARGIN_S
 from tests.integration.harness import wait_until
 
 from .chart_release import NAMESPACE, Kube
-from .pods import PodSigner, answers, holder_pod, signer_pod
+from .pods import holder_pod, ready_signer, require_verifier_builds, signer_pod
 
 POLICY = "node-hmac"
 ROTATIONS = 2
@@ -65,10 +65,7 @@ def _signing(kube: Kube):
 
 @pytest.fixture(scope="module")
 def hmac_pods_run(release, kube, node_cluster, tmp_path_factory):
-    missing = missing_builds()
-    if missing:
-        pytest.fail(f"the conformance verifiers are not built ({', '.join(missing)} missing under {cache_root()}): "
-                    "run tests/conformance/setup.sh first (`make test` does)", pytrace=False)
+    require_verifier_builds()
     release.configure(**{"operator.secretPropagation": "2m"})
     kube.apply(NAMESPACE, {"apiVersion": "signingkeys.dev/v1alpha1", "kind": "SigningKeyPolicy",
                            "metadata": {"name": POLICY}, "spec": SPEC})
@@ -81,15 +78,12 @@ def hmac_pods_run(release, kube, node_cluster, tmp_path_factory):
     scheduler = signer = None
     rotations = []
     try:
-        for pod in (SIGNER, HOLDER):
-            kube.kubectl("wait", "-n", NAMESPACE, f"pod/{pod}", "--for=condition=Ready", "--timeout=120s", timeout=150)
+        pod_signer = ready_signer(kube, NAMESPACE, SIGNER)
+        kube.kubectl("wait", "-n", NAMESPACE, f"pod/{HOLDER}", "--for=condition=Ready", "--timeout=120s", timeout=150)
         holder = kube.json("get", "pod", "-n", NAMESPACE, HOLDER)
         jwks_file = (node_cluster.node.kubelet_dir / "pods" / holder["metadata"]["uid"] / "volumes"
                      / "kubernetes.io~secret" / "mounted" / "jwks.json")
         wait_until(lambda: _kids_in(jwks_file), 60, f"the kubelet to write {jwks_file}")
-        pod_ip = kube.json("get", "pod", "-n", NAMESPACE, SIGNER)["status"]["podIP"]
-        pod_signer = PodSigner(f"http://{pod_ip}:8080/sign")
-        wait_until(lambda: answers(pod_signer), 60, "the signer pod to sign")
 
         processes = start_clients(HMAC_CLIENTS, hmac_client_args(str(jwks_file), CLOCK_SKEW_S, AUDIENCE), log_dir)
         warm_up(processes, _signing(kube), TOKEN_LIFETIME_S)

@@ -24,7 +24,7 @@ from collections import Counter
 import pytest
 
 from signing_key_operator.k8s.objects import parse_time
-from tests.conformance.clients import CLIENTS, cache_root, missing_builds
+from tests.conformance.clients import CLIENTS
 from tests.conformance.driver import (
     Recorder,
     finish_signing,
@@ -39,7 +39,7 @@ from tests.conformance.timeline import CLIENT_ARGS, OLDEST_MARGIN_S
 from tests.integration.harness import wait_until
 
 from .chart_release import NAMESPACE, POLICY, POLICY_SPEC, Kube, Release
-from .pods import PodSigner, answers, signer_pod
+from .pods import ready_signer, require_verifier_builds, signer_pod
 
 ROTATIONS = 10
 BEAT_S = 1.0
@@ -63,10 +63,7 @@ def _activated(release: Release, kid: str) -> float | None:
 
 @pytest.fixture(scope="module")
 def pod_run(release, kube, tmp_path_factory):
-    missing = missing_builds()
-    if missing:
-        pytest.fail(f"the conformance verifiers are not built ({', '.join(missing)} missing under {cache_root()}): "
-                    "run tests/conformance/setup.sh first (`make test` does)", pytrace=False)
+    require_verifier_builds()
     release.configure(**{"jwksServer.mode": "watch", "operator.secretPropagation": "2m"})
     release.wait_ready()
     log_dir = tmp_path_factory.mktemp("signer-pod")
@@ -75,10 +72,7 @@ def pod_run(release, kube, tmp_path_factory):
     scheduler = signer = None
     rotations = []
     try:
-        kube.kubectl("wait", "-n", NAMESPACE, f"pod/{POD}", "--for=condition=Ready", "--timeout=120s", timeout=150)
-        pod_ip = kube.json("get", "pod", "-n", NAMESPACE, POD)["status"]["podIP"]
-        pod_signer = PodSigner(f"http://{pod_ip}:8080/sign")
-        wait_until(lambda: answers(pod_signer), 60, "the signer pod to sign")
+        pod_signer = ready_signer(kube, NAMESPACE, POD)
 
         url = release.jwks_url
         processes = start_clients(CLIENTS, {name: ["--url", url, *args] for name, args in CLIENT_ARGS.items()}, log_dir)
