@@ -179,3 +179,23 @@ def test_errors_name_what_to_fix(plugin, policies, namespace, kubeconfig, tmp_pa
     rotate = plugin("rotate", "api", config=nobody_config)
     assert rotate.returncode == 1 and "not allowed to get signingkeypolicies.signingkeys.dev" in rotate.stderr
     assert "Traceback" not in refused.stderr + rotate.stderr
+
+
+def test_an_hmac_policys_token_is_inspected_and_revoked_against_its_verification_secret(plugin, policies, namespace):
+    policies.create("shared", {"algorithm": "HS256", "rotation": {"interval": "1h", "publishAhead": "4s"},
+                               "tokenLifetime": "1h", "clockSkew": "1s"})
+    active = policies.wait_ready("shared")["status"]["activeKid"]
+    signing = policies.secret_data("shared-signing")
+    token = pyjwt.encode({"sub": "svc", "jti": "hs-jti-1", "exp": int(time.time()) + 600}, signing["key"],
+                         algorithm="HS256", headers={"kid": active})
+    inspected = plugin("inspect", "-n", namespace, stdin=token)
+    assert inspected.returncode == 0, inspected.stdout + inspected.stderr
+    assert f"key: {active} of SigningKeyPolicy {namespace}/shared, active" in inspected.stdout
+    assert "signature: verifies against the policy's verification Secret shared-verification" in inspected.stdout
+    assert signing["key.b64url"].decode() not in inspected.stdout + inspected.stderr
+    revoked = plugin("revoke-token", "--policy", "shared", "-n", namespace, stdin=token)
+    assert revoked.returncode == 0, revoked.stderr
+    assert "TokenRevocation" in revoked.stdout and "created" in revoked.stdout
+    forged = pyjwt.encode({"sub": "svc", "exp": int(time.time()) + 600}, b"x" * 32, algorithm="HS256", headers={"kid": active})
+    refused = plugin("revoke-token", "--policy", "shared", "-n", namespace, stdin=forged)
+    assert refused.returncode == 1 and "does not verify" in refused.stderr, refused.stderr

@@ -33,3 +33,31 @@ def test_a_published_set_the_sidecar_would_refuse_is_refused_with_its_reason(mem
     with pytest.raises(Refusal) as refused:
         verified_claims(_token(), json.dumps(published))
     assert "published JWK Set is invalid" in str(refused.value) and f'"{member}" must be' in str(refused.value)
+
+
+HMAC_KEY = generate_key("HS256")
+
+
+def _hmac_token(key=HMAC_KEY, alg: str = "HS256") -> str:
+    return pyjwt.encode({"sub": "svc", "jti": "h-1", "exp": int(time.time()) + 600}, key.private, algorithm=alg,
+                        headers={"kid": key.kid})
+
+
+def test_an_hs_token_verifies_against_its_policys_verification_set_with_that_algorithm_only():
+    from signing_key_operator.core.jwks import render_shared_key_set
+
+    shared = render_shared_key_set([HMAC_KEY.private_jwk()]).decode()
+    assert verified_claims(_hmac_token(), shared, "HS256")["jti"] == "h-1"
+    with pytest.raises(Refusal, match="does not verify"):
+        verified_claims(_hmac_token(), shared, "HS512")  # the policy's algorithm is pinned
+    with pytest.raises(Refusal, match="does not verify"):
+        verified_claims(_hmac_token(generate_key("HS256")), shared, "HS256")  # another key, an unknown kid
+    with pytest.raises(Refusal, match="does not hold a set of oct keys"):
+        verified_claims(_hmac_token(), render_jwk_set([KEY.public_jwk()]).decode(), "HS256")
+
+
+def test_an_hs_token_never_verifies_against_a_public_key_policy():
+    """HS256 with a public key's bytes as the secret is the classic confusion: refused."""
+    published = render_jwk_set([KEY.public_jwk()]).decode()
+    with pytest.raises(Refusal, match="does not verify"):
+        verified_claims(_hmac_token(), published)

@@ -432,8 +432,10 @@ def inspect_command(args: argparse.Namespace) -> int:
         try:
             if spec is None:
                 raise revoke_token.Refusal("the policy's spec is invalid")
-            revoke_token.verified_claims(token, revoke_token.published_jwks(api_client, namespace, spec))
-            lines.append("signature: verifies against the policy's published JWK Set (what the sidecar serves)")
+            revoke_token.verified_claims(token, revoke_token.published_jwks(api_client, namespace, spec),
+                                         spec.algorithm if spec.is_shared_secret else None)
+            lines.append(f"signature: verifies against the policy's verification Secret {spec.verification_secret_name}"
+                         if spec.is_shared_secret else "signature: verifies against the policy's published JWK Set (what the sidecar serves)")
         except revoke_token.Refusal as refusal:
             accepted = False
             lines.append(f"signature: does not verify: {refusal}")

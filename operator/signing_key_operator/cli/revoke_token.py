@@ -18,7 +18,9 @@ Exit codes: 0 revoked (or nothing to do), 1 the token or the policy is not usabl
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
+import json
 import math
 import sys
 import time
@@ -82,7 +84,7 @@ def revoke(api_client, namespace: str, policy_name: str, token: str, *, reason: 
         spec = PolicySpec.from_resource(policy_name, policy.get("spec"))
     except SpecError as error:
         raise Refusal(f"SigningKeyPolicy {policy_name} has an invalid spec ({error})") from None
-    claims = verified_claims(token, published_jwks(api_client, namespace, spec))
+    claims = verified_claims(token, published_jwks(api_client, namespace, spec), spec.algorithm if spec.is_shared_secret else None)
     now = time.time() if now is None else now
     exp = claims.get("exp")
     skew = spec.clock_skew.total_seconds()
@@ -131,21 +133,25 @@ def revoke(api_client, namespace: str, policy_name: str, token: str, *, reason: 
     return f"revoked {what}: TokenRevocation {namespace}/{name} created (kubectl get tokrev -n {namespace} {name})"
 
 
-def verified_claims(token: str, published: str) -> dict[str, Any]:
+def verified_claims(token: str, published: str, hmac_algorithm: str | None = None) -> dict[str, Any]:
     """The claims of ``token`` verified against ``published`` (the policy's ``jwks.json``), which
     is checked first by the rules the sidecar serves by: a set it would refuse is refused here
     too, with its reason, rather than handed to joserfc (a JSON array as kty made it raise
-    TypeError)."""
+    TypeError). With ``hmac_algorithm`` (an HS policy) ``published`` is its verification
+    Secret's oct set instead, and only that algorithm is accepted."""
     from joserfc import jwt
     from joserfc.errors import JoseError
     from joserfc.jwk import KeySet
 
     try:
-        jwks = parse_jwk_set(published)
+        if hmac_algorithm is not None:
+            keys, algorithms = KeySet.import_key_set(_shared_key_set(published)), [hmac_algorithm]
+        else:
+            keys, algorithms = KeySet.import_key_set(parse_jwk_set(published).to_dict()), list(PUBLIC_KEY_ALGORITHMS)
     except InvalidJwkSet as error:
         raise Refusal(f"the policy's published JWK Set is invalid ({error}); the sidecar does not serve it either") from None
     try:
-        decoded = jwt.decode(token, KeySet.import_key_set(jwks.to_dict()), algorithms=list(PUBLIC_KEY_ALGORITHMS))
+        decoded = jwt.decode(token, keys, algorithms=algorithms)
     except (JoseError, ValueError) as error:
         # The class name and joserfc's short code only: never the token itself.
         raise Refusal(f"the token does not verify against the policy's published keys ({type(error).__name__}); "
@@ -158,10 +164,19 @@ def published_jwks(api_client, namespace: str, spec: PolicySpec) -> str:
     from kubernetes.client.rest import ApiException
 
     if spec.is_shared_secret:
-        # Its keys verify as well as they sign: reading them takes the Secret, which a person
-        # revoking or inspecting a token should not need, so the signature is not checked here.
-        raise Refusal(f"an {spec.algorithm} policy publishes no JWK Set: its keys are shared secrets, only in "
-                      f"Secret {spec.verification_secret_name}, which this command does not read")
+        # Its keys verify as well as they sign, so they are where its verifiers read them: the
+        # verification Secret, which takes `get` on that Secret (what a verifier's Role grants).
+        name = spec.verification_secret_name
+        try:
+            secret = client.CoreV1Api(api_client).read_namespaced_secret(name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                raise Refusal(f"Secret {name} (the policy's verification keys) not found: is the operator running?") from None
+            if error.status == 403:
+                raise Refusal(f"checking an {spec.algorithm} token takes the policy's shared keys: your identity needs "
+                              f"the 'get' verb on Secret {name} in namespace {namespace} (RBAC)") from None
+            raise
+        return base64.b64decode((secret.data or {}).get("jwks.json", "")).decode("utf-8", errors="replace")
     try:
         configmap = client.CoreV1Api(api_client).read_namespaced_config_map(spec.jwks_config_map_name, namespace)
     except ApiException as error:
@@ -169,6 +184,18 @@ def published_jwks(api_client, namespace: str, spec: PolicySpec) -> str:
             raise Refusal(f"ConfigMap {spec.jwks_config_map_name} (the policy's JWKS) not found: is the operator running?") from None
         raise
     return (configmap.data or {}).get("jwks.json") or ""
+
+
+def _shared_key_set(published: str) -> dict[str, Any]:
+    """An HS policy's verification set, checked: a JSON object of oct keys with a kid each."""
+    try:
+        document = json.loads(published)
+        keys = document["keys"]
+        if not isinstance(keys, list) or not keys or not all(isinstance(k, dict) and k.get("kty") == "oct" and k.get("kid") for k in keys):
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        raise Refusal("the policy's verification Secret does not hold a set of oct keys with kids") from None
+    return document
 
 
 def _digest(text: str) -> str:
