@@ -375,9 +375,7 @@ class PolicySpec:
         if hmac_key_size is not None and (isinstance(hmac_key_size, bool) or not isinstance(hmac_key_size, int)):
             raise SpecError("spec.hmacKeySize", f"must be an integer (got {hmac_key_size!r})")
         if is_hmac_algorithm(algorithm) and "jwksConfigMapName" in spec:
-            raise SpecError(
-                "spec.jwksConfigMapName", _PUBLIC_SET_ONLY,
-            )
+            raise SpecError("spec.jwksConfigMapName", _PUBLIC_SET_ONLY)
         suspend = spec.get("suspend", False)
         if not isinstance(suspend, bool):
             raise SpecError("spec.suspend", f"must be true or false (got {suspend!r})")
