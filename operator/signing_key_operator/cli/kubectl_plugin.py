@@ -432,8 +432,7 @@ def inspect_command(args: argparse.Namespace) -> int:
         try:
             if spec is None:
                 raise revoke_token.Refusal("the policy's spec is invalid")
-            revoke_token.verified_claims(token, revoke_token.published_jwks(api_client, namespace, spec),
-                                         spec.algorithm if spec.is_shared_secret else None)
+            revoke_token.policy_claims(api_client, namespace, spec, token)
             lines.append(f"signature: verifies against the policy's verification Secret {spec.verification_secret_name}"
                          if spec.is_shared_secret else "signature: verifies against the policy's published JWK Set (what the sidecar serves)")
         except revoke_token.Refusal as refusal:

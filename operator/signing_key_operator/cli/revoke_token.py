@@ -84,7 +84,7 @@ def revoke(api_client, namespace: str, policy_name: str, token: str, *, reason: 
         spec = PolicySpec.from_resource(policy_name, policy.get("spec"))
     except SpecError as error:
         raise Refusal(f"SigningKeyPolicy {policy_name} has an invalid spec ({error})") from None
-    claims = verified_claims(token, published_jwks(api_client, namespace, spec), spec.algorithm if spec.is_shared_secret else None)
+    claims = policy_claims(api_client, namespace, spec, token)
     now = time.time() if now is None else now
     exp = claims.get("exp")
     skew = spec.clock_skew.total_seconds()
@@ -157,6 +157,11 @@ def verified_claims(token: str, published: str, hmac_algorithm: str | None = Non
         raise Refusal(f"the token does not verify against the policy's published keys ({type(error).__name__}); "
                       "it was not signed by this policy, or its key is no longer published") from None
     return dict(decoded.claims)
+
+
+def policy_claims(api_client, namespace: str, spec: PolicySpec, token: str) -> dict[str, Any]:
+    """The claims of ``token`` verified against the keys the policy gives its verifiers."""
+    return verified_claims(token, published_jwks(api_client, namespace, spec), spec.algorithm if spec.is_shared_secret else None)
 
 
 def published_jwks(api_client, namespace: str, spec: PolicySpec) -> str:

@@ -52,7 +52,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..core.durations import format_duration
 from ..core.jwks import render_jwk_set, render_shared_key_set
@@ -178,7 +178,7 @@ class Reconciler:
             policy, spec, lambda kind, call: self._write(outcome, kind, call), outcome.object_events, outcome.events
         )
         self.metrics.observe_revocations(namespace, name, revocations.in_force, revocations.unpublished)
-        published_set = await self.api.get(_published_set_resource(spec), namespace, spec.published_set_name)
+        published_set = await self.api.get(_published_set(spec).resource, namespace, spec.published_set_name)
         signing = await self.api.get(SECRETS, namespace, spec.signing_secret_name)
         stored, broken = await self._gather_keys(policy)
         if broken:
@@ -191,10 +191,7 @@ class Reconciler:
             await self._patch_status(policy, spec, [s.record for s in stored], outcome, revocations, broken=broken)
             return
         conflicts = [c for c in (
-            objects.name_conflict(
-                "Secret" if spec.is_shared_secret else "ConfigMap", published_set, policy,
-                "spec.verificationSecretName" if spec.is_shared_secret else "spec.jwksConfigMapName",
-            ),
+            objects.name_conflict(_published_set(spec).kind, published_set, policy, _published_set(spec).field),
             objects.name_conflict("Secret", signing, policy, "spec.signingSecretName"),
         ) if c is not None]
         if conflicts:
@@ -346,7 +343,7 @@ class Reconciler:
         if current_already:
             return
         await self._check_plan_inputs_unchanged(policy)
-        resource, kind = _published_set_resource(spec), desired["kind"]
+        resource, kind, _ = _published_set(spec)
         if current is None:
             await self._write(outcome, kind, self.api.create(resource, namespace, desired))
         else:
@@ -481,8 +478,7 @@ class Reconciler:
             ready = ("False", "NameConflict", message)
             degraded = ("True", "NameConflict", message)
         else:
-            where = f"Secret {spec.verification_secret_name}" if spec.is_shared_secret else f"ConfigMap {spec.jwks_config_map_name}"
-            ready = ("True", "KeysPublished", f"key {active.kid} signs and is published in {where}")
+            ready = ("True", "KeysPublished", f"key {active.kid} signs and is published in {_published_set(spec).kind} {spec.published_set_name}")
             degraded = ("False", "AsExpected", "all key Secrets are readable")
             overdue = self.clock() - active.activated - spec.rotation_interval if active and active.activated else None
             if served is not None and served.alarms:
@@ -531,10 +527,19 @@ class Reconciler:
         )
 
 
-def _published_set_resource(spec: PolicySpec) -> Any:
-    """The API resource of where the policy's keys go to verifiers: the JWKS ConfigMap, or for
-    an HMAC policy the verification Secret (``spec.published_set_name``)."""
-    return SECRETS if spec.is_shared_secret else CONFIGMAPS
+class _PublishedSet(NamedTuple):
+    resource: Any
+    kind: str
+    field: str
+    """The spec field that names it (for a NameConflict)."""
+
+
+def _published_set(spec: PolicySpec) -> _PublishedSet:
+    """Where the policy's keys go to verifiers (``spec.published_set_name``): the JWKS
+    ConfigMap, or for an HMAC policy the verification Secret."""
+    if spec.is_shared_secret:
+        return _PublishedSet(SECRETS, "Secret", "spec.verificationSecretName")
+    return _PublishedSet(CONFIGMAPS, "ConfigMap", "spec.jwksConfigMapName")
 
 
 def _requests(policy: dict[str, Any]) -> Requests:
