@@ -31,6 +31,7 @@ from joserfc.jwk import ECKey, OctKey, OKPKey, RSAKey
 
 __all__ = [
     "ALGORITHMS",
+    "b64url",
     "DEFAULT_RSA_KEY_SIZE",
     "HMAC_ALGORITHMS",
     "HMAC_BLOCK_BITS",
@@ -43,6 +44,7 @@ __all__ = [
     "KeyMaterialError",
     "generate_key",
     "is_hmac_algorithm",
+    "is_hmac_key_size",
     "is_rsa_algorithm",
     "load_key",
 ]
@@ -131,7 +133,7 @@ class KeyMaterial:
         """The full private JWK (for an HMAC key its ``oct`` JWK, which verifiers need too).
         Secret!"""
         if self.is_shared_secret:
-            return {"kty": "oct", "k": _b64url(self.private), "use": "sig", "alg": self.alg, "kid": self.kid}
+            return {"kty": "oct", "k": b64url(self.private), "use": "sig", "alg": self.alg, "kid": self.kid}
         private = _to_joserfc_key(_load_private_key(self.private))
         return {**private.as_dict(private=True), "use": "sig", "alg": self.alg, "kid": self.kid}
 
@@ -189,10 +191,15 @@ def load_key(private: bytes, alg: str, *, expected_kid: str | None = None) -> Ke
     return material
 
 
+def is_hmac_key_size(alg: str, bits: object) -> bool:
+    """Whole bytes from the hash size to the block size (:data:`HMAC_HASH_BITS`, :data:`HMAC_BLOCK_BITS`)."""
+    return (isinstance(bits, int) and not isinstance(bits, bool) and bits % 8 == 0
+            and HMAC_HASH_BITS[alg] <= bits <= HMAC_BLOCK_BITS[alg])
+
+
 def _check_hmac_key_size(alg: str, bits: int) -> None:
-    low, high = HMAC_HASH_BITS[alg], HMAC_BLOCK_BITS[alg]
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits % 8 or not low <= bits <= high:
-        raise KeyMaterialError(f"{alg} keys are whole bytes from {low} to {high} bits, got {bits!r}")
+    if not is_hmac_key_size(alg, bits):
+        raise KeyMaterialError(f"{alg} keys are whole bytes from {HMAC_HASH_BITS[alg]} to {HMAC_BLOCK_BITS[alg]} bits, got {bits!r}")
 
 
 def _load_hmac_key(private: bytes, alg: str, expected_kid: str | None) -> KeyMaterial:
@@ -211,7 +218,8 @@ def _hmac_material(key: bytes, alg: str) -> KeyMaterial:
     return KeyMaterial(kid=OctKey.import_key(key).thumbprint(), alg=alg, private=key, public_members=())
 
 
-def _b64url(data: bytes) -> str:
+def b64url(data: bytes) -> str:
+    """Base64url without padding, as JWK members (``k``) are written."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 

@@ -20,7 +20,9 @@ from datetime import timedelta
 from typing import Any
 
 from .durations import format_duration, parse_duration
-from .keys import ALGORITHMS, DEFAULT_RSA_KEY_SIZE, HMAC_BLOCK_BITS, HMAC_HASH_BITS, RSA_KEY_SIZES, is_hmac_algorithm
+from .keys import (
+    ALGORITHMS, DEFAULT_RSA_KEY_SIZE, HMAC_BLOCK_BITS, HMAC_HASH_BITS, RSA_KEY_SIZES, is_hmac_algorithm, is_hmac_key_size,
+)
 from .lifetimes import TokenLifetimes
 from .verifier_clients import VERIFIER_CLIENTS, VerifierClient
 
@@ -312,9 +314,8 @@ class PolicySpec:
             return
         if self.hmac_key_size is None:
             object.__setattr__(self, "hmac_key_size", HMAC_HASH_BITS[self.algorithm])
-        low, high = HMAC_HASH_BITS[self.algorithm], HMAC_BLOCK_BITS[self.algorithm]
-        size = self.hmac_key_size
-        if isinstance(size, bool) or not isinstance(size, int) or size % 8 or not low <= size <= high:
+        if not is_hmac_key_size(self.algorithm, self.hmac_key_size):
+            low, high, size = HMAC_HASH_BITS[self.algorithm], HMAC_BLOCK_BITS[self.algorithm], self.hmac_key_size
             raise SpecError(
                 "spec.hmacKeySize",
                 f"must be a multiple of 8 from {low} to {high} for {self.algorithm} (got {size!r}): "

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from ..core.keys import KeyMaterial, KeyMaterialError, is_hmac_algorithm, load_key
+from ..core.keys import KeyMaterial, KeyMaterialError, b64url, is_hmac_algorithm, load_key
 from ..core.planner import KeyReason, KeyRecord, KeyState, SigningSecretView, key_secret_name
 
 PREFIX = "signingkeys.dev"
@@ -284,7 +284,7 @@ def signing_secret(
             _key_file(material.alg): material.private,
             # The same key as text, for signers configured from an environment variable or a
             # config file: base64url without padding, as in the JWK's `k`.
-            **({HMAC_KEY_TEXT_KEY: base64.urlsafe_b64encode(material.private).rstrip(b"=")} if material.is_shared_secret else {}),
+            **({HMAC_KEY_TEXT_KEY: b64url(material.private).encode()} if material.is_shared_secret else {}),
             LIFETIMES_KEY: lifetimes,
         }),
     }
@@ -351,7 +351,7 @@ def signing_secret_holds(secret: dict[str, Any] | None, material: KeyMaterial) -
             and _decoded(secret, "alg").decode() == material.alg
             and _decoded(secret, _key_file(material.alg)) == material.private
             and (not material.is_shared_secret
-                 or _decoded(secret, HMAC_KEY_TEXT_KEY) == base64.urlsafe_b64encode(material.private).rstrip(b"="))
+                 or _decoded(secret, HMAC_KEY_TEXT_KEY) == b64url(material.private).encode())
         )
     except (BrokenKeySecret, UnicodeDecodeError):
         return False
