@@ -178,7 +178,8 @@ class Reconciler:
             policy, spec, lambda kind, call: self._write(outcome, kind, call), outcome.object_events, outcome.events
         )
         self.metrics.observe_revocations(namespace, name, revocations.in_force, revocations.unpublished)
-        published_set = await self.api.get(_published_set(spec).resource, namespace, spec.published_set_name)
+        where = _published_set(spec)
+        published_set = await self.api.get(where.resource, namespace, spec.published_set_name)
         signing = await self.api.get(SECRETS, namespace, spec.signing_secret_name)
         stored, broken = await self._gather_keys(policy)
         if broken:
@@ -191,7 +192,7 @@ class Reconciler:
             await self._patch_status(policy, spec, [s.record for s in stored], outcome, revocations, broken=broken)
             return
         conflicts = [c for c in (
-            objects.name_conflict(_published_set(spec).kind, published_set, policy, _published_set(spec).field),
+            objects.name_conflict(where.kind, published_set, policy, where.field),
             objects.name_conflict("Secret", signing, policy, "spec.signingSecretName"),
         ) if c is not None]
         if conflicts:
