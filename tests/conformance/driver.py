@@ -334,49 +334,86 @@ class Verdict:
     finished: float
     ok: bool
     reason: str
+    due: float = 0.0
+    """When the scheduler meant the request to start; ``started - due`` is the harness's lag."""
+
+    @property
+    def late(self) -> bool:
+        """The verdict says nothing: the request started after exp + the client's leeway, or it
+        was refused and answered after it, so the client may have read its clock once the
+        token's life was over (a verifier stalled on a loaded machine). Only the harness's lag
+        and the machine's load make verdicts late; the tests that count them want none."""
+        bound = self.token.exp + exp_leeway(self.client)
+        return self.started > bound or (not self.ok and self.finished > bound)
+
+
+def lag_figures(verdicts: list[Verdict]) -> dict:
+    """How far behind its schedule the harness started the oldest-age checks (the ones with a
+    deadline), in ms: the headroom ``timeline.OLDEST_MARGIN_S`` leaves is what these use up."""
+    lags = sorted((verdict.started - verdict.due) * 1000 for verdict in verdicts if verdict.kind == "oldest")
+    if not lags:
+        return {}
+    return {"oldest_start_lag_ms_p50": round(lags[len(lags) // 2]),
+            "oldest_start_lag_ms_p99": round(lags[min(len(lags) - 1, len(lags) * 99 // 100)]),
+            "oldest_start_lag_ms_max": round(lags[-1])}
 
 
 def verdict_counts(verdicts: list[Verdict]) -> dict:
-    """One client's verdicts as figures: verified and failed among those asked in time, and
-    ``late``, those asked after exp + the client's leeway (the scheduler's delay, not the
-    client's verdict), with a few failures for the evidence."""
-    late = [verdict for verdict in verdicts if verdict.started > verdict.token.exp + exp_leeway(verdict.client)]
-    counted = [verdict for verdict in verdicts if verdict not in late]
+    """One client's verdicts as figures: verified and failed among those that are not
+    ``late`` (Verdict.late: the harness's delay, not the client's verdict), how late the
+    harness was, and a few failures for the evidence."""
+    late = [verdict for verdict in verdicts if verdict.late]
+    counted = [verdict for verdict in verdicts if not verdict.late]
     return {
         "verified": sum(verdict.ok for verdict in counted),
         "failed": sum(not verdict.ok for verdict in counted),
         "late": len(late),
+        **lag_figures(verdicts),
         "failure_samples": [{"kid": verdict.token.kid, "kind": verdict.kind, "reason": verdict.reason}
                             for verdict in counted if not verdict.ok][:5],
     }
 
 
 class ClientWorker(threading.Thread):
-    """Feeds one verifier process from its queue, one request at a time, and records verdicts."""
+    """Feeds one verifier process from its queue, one request at a time, and records verdicts.
+
+    The queue puts oldest-age checks first, earliest due first: they are the only requests
+    with a deadline (exp + the client's leeway), while a fresh or half-way check that waits
+    behind them a few milliseconds still asks about a token well inside its life. On two busy
+    cores a FIFO queue let a backlog of fresh checks push oldest ones past their deadline."""
+
+    _STOP, _DEADLINE, _IN_TURN = 0, 1, 2
 
     def __init__(self, process: VerifierProcess, record: Callable[[Verdict], None]):
         super().__init__(name=f"verifier-{process.client.name}", daemon=True)
         self.process = process
         self.record = record
-        self.jobs: queue.Queue = queue.Queue()
+        self.jobs: queue.PriorityQueue = queue.PriorityQueue()
+        self._order = itertools.count()
         self.error: BaseException | None = None
 
     def run(self) -> None:
         while True:
-            job = self.jobs.get()
-            if job is None:
+            rank, _, _, job = self.jobs.get()
+            if rank == self._STOP:
                 return
-            token, kind = job
+            token, kind, due = job
             started = time.time()
             try:
                 ok, reason = self.process.verify(token.value)
             except BaseException as error:  # noqa: BLE001 - surfaced by the test
                 self.error = error
                 return
-            self.record(Verdict(self.process.client.name, token, kind, started, time.time(), ok, reason))
+            self.record(Verdict(self.process.client.name, token, kind, started, time.time(), ok, reason, due))
 
-    def submit(self, token: Token, kind: str) -> None:
-        self.jobs.put((token, kind))
+    def submit(self, token: Token, kind: str, due: float | None = None) -> None:
+        due = time.time() if due is None else due
+        rank = self._DEADLINE if kind == "oldest" else self._IN_TURN
+        self.jobs.put((rank, due if rank == self._DEADLINE else 0.0, next(self._order), (token, kind, due)))
+
+    def stop(self) -> None:
+        """Stop at once, before any queued request: the verifier processes are closing."""
+        self.jobs.put((self._STOP, 0.0, next(self._order), None))
 
     def backlog(self) -> int:
         return self.jobs.qsize()
@@ -422,9 +459,9 @@ class Scheduler(threading.Thread):
                     self._lock.wait(timeout)
                 if self._stopped:
                     return
-                _, _, token, kind, workers = heapq.heappop(self._heap)
+                due, _, token, kind, workers = heapq.heappop(self._heap)
             for worker in workers:
-                worker.submit(token, kind)
+                worker.submit(token, kind, due)
 
     def stop(self) -> None:
         with self._lock:
@@ -449,11 +486,18 @@ class Signer(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
+        # The sources take turns spread evenly over the beat, not all at its start: tokens
+        # signed together come due together at every age, and each client answers one request
+        # at a time, so the last of a burst waited for the others (four signers on two busy
+        # cores: 300 ms behind their oldest-age deadline).
         next_beat = time.time()
+        step = self.beat / max(1, len(self.sources))
         try:
             while not self.stop_event.is_set():
-                if self.ready():
-                    for name, sign_with in self.sources.items():
+                for turn, (name, sign_with) in enumerate(self.sources.items()):
+                    if self.stop_event.wait(max(0.0, next_beat + turn * step - time.time())):
+                        return
+                    if self.ready():
                         token = library_token(sign_with(TOKEN_CLAIMS), next(self.seq), name)
                         self.signed.append(token)
                         self.scheduler.add(token)
@@ -653,7 +697,7 @@ def stop_verifying(signer: Signer | None, scheduler: Scheduler | None, workers: 
     if scheduler is not None:
         scheduler.stop()
     for worker in workers:
-        worker.jobs.put(None)
+        worker.stop()
     for process in processes.values():
         process.close()
 

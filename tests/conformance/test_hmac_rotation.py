@@ -30,6 +30,7 @@ from .driver import (
     check_threads,
     drain,
     drive_rotations,
+    lag_figures,
     sign,
     start_clients,
     start_verifying,
@@ -117,8 +118,8 @@ def hmac_run(kubeconfig, conformance_namespace, conformance_policies, summary, t
     clients = {}
     for client in CLIENTS:
         mine = [verdict for verdict in verdicts if verdict.client == client.name]
-        late = [verdict for verdict in mine if verdict.started > verdict.token.exp + CLOCK_SKEW_S]
-        counted = [verdict for verdict in mine if verdict not in late]
+        late = [verdict for verdict in mine if verdict.late]
+        counted = [verdict for verdict in mine if not verdict.late]
         failures = [verdict for verdict in counted if not verdict.ok]
         clients[client.name] = {
             "library": client.library,
@@ -126,6 +127,7 @@ def hmac_run(kubeconfig, conformance_namespace, conformance_policies, summary, t
             "failures": len(failures),
             "by_kind": dict(Counter(verdict.kind for verdict in counted if verdict.ok)),
             "late": len(late),
+            **lag_figures(mine),
             "oldest_age_verified_s": round(max((v.started - v.token.signed for v in counted if v.ok), default=0), 2),
             "revoke_reaction_s": reactions.get(client.name),
             "failure_samples": [{"kid": v.token.kid, "kind": v.kind, "reason": v.reason,
