@@ -339,10 +339,10 @@ class Verdict:
 
     @property
     def late(self) -> bool:
-        """The verdict says nothing: the request started after exp + the client's leeway, or it
-        was refused and answered after it, so the client may have read its clock once the
-        token's life was over (a verifier stalled on a loaded machine). Only the harness's lag
-        and the machine's load make verdicts late; the tests that count them want none."""
+        """The verdict says nothing: the request started after exp + the client's leeway (the
+        harness fell behind), or it was refused and answered after it, so the client may have
+        read its clock once the token's life was over (a verifier stalled on a loaded machine,
+        or waiting on a refetch). The tests that count late verdicts want none."""
         bound = self.token.exp + exp_leeway(self.client)
         return self.started > bound or (not self.ok and self.finished > bound)
 
