@@ -115,6 +115,8 @@ def hmac_run(kubeconfig, conformance_namespace, conformance_policies, summary, t
         stop_verifying(signer, scheduler, workers, processes)
         signing.stop()
         verification.stop()
+        # Its 8 s timer would go on rotating through every module after this one.
+        policies.delete(POLICY)
     clients = {}
     for client in CLIENTS:
         mine = [verdict for verdict in verdicts if verdict.client == client.name]
