@@ -83,10 +83,10 @@ ARMS = ("gated", "ungated")
 ANNOTATE_AFTER_TIMER_S = 0.5
 STEP_S = 0.2
 SIGNER_BEAT_S = 2 * TIMELINE_SIGNER_BEAT_S
-"""A token every 0.4 s per arm, not test_rotation's 0.2 s: two arms at 0.2 s are twice its
-verifications (about 150 a second over 10 verifier processes on 2 cores), and on a loaded
-machine the JVM verifiers fell behind (up to 1.3 % of the oldest-age verdicts finished after
-exp + clockSkew). At 0.4 s both arms together verify as often as test_rotation's one does, and
+"""A token every 0.4 s per arm, not test_rotation's 0.2 s: two arms at its rate are twice its
+verifications (when it was 0.15 s, about 200 a second over 10 verifier processes on 2 cores,
+and on a loaded machine the JVM verifiers fell behind: up to 1.3 % of the oldest-age verdicts
+finished after exp + clockSkew). At 0.4 s both arms together verify as often as test_rotation's one does, and
 an ungated rotation still has several tokens in the 1-2 s when its key signs unserved."""
 SIGN_AFTER_LAST_ROTATION_S = 3.0
 """Signing goes on this long after an arm's last activation (more than the mount lag), so the
