@@ -38,10 +38,9 @@ MOUNT_LAG_S = (0.5, 1.2)
 
 SIGNER_BEAT_S = 0.2
 """A token every 0.2 s: about 30 per key, and with every token verified three times and the
-revoke's probes beside them, about 25 requests a second to each client, which the JVM clients
-answer with room to spare on two cores busy with everything else (at 0.15 s and 20 probes a
-second they fell up to 0.3 s behind their oldest-age deadlines when a busy loop shared the
-machine)."""
+revoke's probes beside them, about 25 requests a second to each client (at 0.15 s and 20
+probes a second the JVM clients fell up to 0.3 s behind their oldest-age deadlines when a busy
+loop shared the machine; at 0.2 s they kept within 0.15 s there, but see OLDEST_MARGIN_S)."""
 OLDEST_MARGIN_S = 0.5
 """Tokens are re-verified this long before exp + clockSkew, the oldest any verifier accepts.
 
@@ -49,7 +48,10 @@ It is the room the harness has to start those checks on time on two cores shared
 verifier processes (four JVMs), nine sidecars, the operator and the control plane, which all
 wake at each rotation: with a busy loop beside the suite the oldest-age checks started up to
 0.3 s behind their schedule (p99 under 0.25 s), with two busy loops up to 0.7 s, and the
-earlier 0.25 s lost a few checks per client in an empty-cache run on a slower machine.
+earlier 0.25 s lost a few checks per client in an empty-cache run on a slower machine. It is
+not always enough: in the whole suite, on a slow spell of a shared VM, test_rotation's checks
+have started up to 0.6 s late (3-9 late per client for three clients in an empty-cache
+``make test``); the lag figures in the summary show how much of it a run used.
 
 The margin barely changes what the check catches: the last token of a retired key is signed
 within the mount's lag (0.5 to 1.4 s) of its successor's first, with iat in whole seconds, so
