@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from signing_key_operator.devcluster.crd import install_crds
@@ -18,12 +20,13 @@ def signingkeypolicy_crd(api_client):
 
 
 @pytest.fixture(scope="session")
-def operator(kubeconfig, signingkeypolicy_crd, tmp_path_factory):
-    """One operator process for the run; tests that kill operators start their own."""
+def operator(kubeconfig, api_client, signingkeypolicy_crd, tmp_path_factory):
+    """One operator process for the run, handed out once it reconciles; tests that kill
+    operators start their own."""
     # Tests that run operators of their own use namespaces outside this pattern.
     process = OperatorProcess(
         kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", extra_args=["--namespace", "t-*", "--redis-resync", REDIS_RESYNC]
-    ).start().wait_serving()
+    ).start().wait_serving().wait_reconciling(api_client, f"t-first-{uuid.uuid4().hex[:8]}")
     yield process
     process.stop()
 

@@ -103,6 +103,26 @@ class OperatorProcess:
         wait_until(serving, timeout, "the operator to start", interval=0.2)
         return self
 
+    def wait_reconciling(self, api_client, namespace: str, timeout: float = 120) -> "OperatorProcess":
+        """Wait until the operator has made a first policy Ready, in `namespace` (one it watches,
+        made and deleted here): serving metrics comes before kopf's discovery, namespace list and
+        first watches, which take tens of seconds on a busy machine, and a test's 30 s wait for
+        Ready should time the reconcile, not that."""
+        core = client.CoreV1Api(api_client)
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+        try:
+            policies = Policies(api_client, namespace)
+            policies.create("first", {**FAST_SPEC, "rotation": {"interval": "1h", "publishAhead": "4s"}})
+
+            def ready() -> bool:
+                assert self.process.poll() is None, "the operator exited:\n" + self.logs()[-3000:]
+                return policies.condition("first") == "True"
+
+            wait_until(ready, timeout, "a first policy Ready", interval=0.2)
+            return self
+        finally:
+            core.delete_namespace(namespace)
+
     def stop(self) -> None:
         if self.process:
             terminate(self.process, grace=15)
@@ -183,7 +203,14 @@ class Policies:
         return None
 
     def wait_ready(self, name: str, timeout: float = 30) -> dict[str, Any]:
-        wait_until(lambda: self.condition(name) == "True", timeout, f"policy {name} Ready")
+        try:
+            wait_until(lambda: self.condition(name) == "True", timeout, f"policy {name} Ready")
+        except AssertionError as late:
+            # Say what there was instead: no status means the operator never reconciled it.
+            status = self.get(name).get("status")
+            ready = next((c for c in (status or {}).get("conditions") or [] if c["type"] == "Ready"), None)
+            seen = f"Ready {ready['status']}, {ready['reason']}: {ready['message']}" if ready else "no status: the operator has not reconciled it"
+            raise AssertionError(f"{late}; {seen}") from None
         return self.get(name)
 
     def jwks(self, configmap: str) -> dict[str, Any] | None:
