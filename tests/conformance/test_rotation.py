@@ -31,6 +31,7 @@ from .driver import (
     Recorder,
     ServedHistory,
     Sidecar,
+    Token,
     Verdict,
     drain,
     lag_figures,
@@ -74,6 +75,19 @@ CACHE_BOUND_S = {"PyJWT": 300 / FACTOR, "jose": 600 / FACTOR, "Nimbus": 300 / FA
                  "Spring": 300 / FACTOR, "keyfunc": 3600 / FACTOR,
                  "Envoy": 600 / FACTOR, "Envoy async_fetch": 600 / FACTOR, "oauth2-proxy": None}
 PIPELINE_SLACK_S = 1.0
+LATE_SHARE_LIMIT = 0.02
+"""Late checks (Verdict.late: the harness or the verifier fell behind, so they say nothing)
+allowed per oldest-age check of a client, the only checks with a deadline close enough to
+miss. On two cores shared with the whole suite, a slow spell of the VM has started up to 9 of
+about 800 (1.1 %) past their deadline; a harness that cannot keep time at all still fails."""
+END_OF_LIFE_WINDOW_S = 1.0
+"""A late check is allowed only where it loses nothing: for every key but the revoked one, a
+token signed within this long of that key's last token must still be verified on time at its
+oldest age. The last tokens of a key are the ones a key removed too early refuses first, so
+this is the check the oldest-age verifications exist for; the window holds five tokens
+(SIGNER_BEAT_S 0.2 s). A stall of the machine makes late
+only the checks due while it lasts: this fails on a stall of over a second at a key's end,
+where the run has nothing to say about that key."""
 
 
 @dataclass
@@ -170,6 +184,21 @@ def refetches_on_unknown_kid(client: str) -> bool:
     return next(row for row in VERIFIER_CLIENTS if client in row.conformance).refetch_on_unknown_kid
 
 
+def end_of_life_gaps(expected_ok: list[Verdict], counted: list[Verdict], revoked_kid: str) -> dict[str, float | None]:
+    """Per key but the revoked one: how long before its last token the last token was signed
+    that this client verified on time at its oldest age (0: that was the last token itself;
+    None: none was)."""
+    last_signed: dict[str, float] = {}
+    for verdict in expected_ok:
+        if verdict.token.kid != revoked_kid:
+            last_signed[verdict.token.kid] = max(last_signed.get(verdict.token.kid, 0.0), verdict.token.signed)
+    last_checked: dict[str, float] = {}
+    for verdict in counted:
+        if verdict.kind == "oldest" and verdict.ok and verdict.token.kid in last_signed:
+            last_checked[verdict.token.kid] = max(last_checked.get(verdict.token.kid, 0.0), verdict.token.signed)
+    return {kid: round(last - last_checked[kid], 2) if kid in last_checked else None for kid, last in last_signed.items()}
+
+
 def _analyse(result: RunResult, history: ServedHistory) -> None:
     reactions = _reactions(result.verdicts, result.revoked_kid, result.revoked_at)
     for client in CLIENTS:
@@ -191,13 +220,18 @@ def _analyse(result: RunResult, history: ServedHistory) -> None:
         failures = [verdict for verdict in counted if not verdict.ok and verdict not in unknown_to_cache]
         by_kind = Counter(verdict.kind for verdict in counted if verdict.ok)
         reaction = reactions.get(client.name)
+        gaps = end_of_life_gaps(expected_ok, counted, result.revoked_kid)
         result.clients[client.name] = {
             "library": client.library,
             "settings": " ".join(CLIENT_ARGS[client.name]),
             "verified": sum(by_kind.values()),
             "failures": len(failures),
             "by_kind": dict(by_kind),
+            "oldest_checks": sum(verdict.kind == "oldest" for verdict in expected_ok),
             "late": len(late),
+            "keys_checked_at_end_of_life": sum(gap is not None and gap <= END_OF_LIFE_WINDOW_S for gap in gaps.values()),
+            "keys_not_checked_at_end_of_life": {kid: gap for kid, gap in gaps.items() if gap is None or gap > END_OF_LIFE_WINDOW_S},
+            "end_of_life_gap_s_max": max((gap for gap in gaps.values() if gap is not None), default=None),
             **lag_figures(mine),
             "late_samples": [
                 {"kind": verdict.kind, "ok": verdict.ok, "start_lag_ms": round((verdict.started - verdict.due) * 1000),
@@ -348,10 +382,15 @@ def test_every_token_the_signer_library_made_lives_the_policys_token_lifetime(ro
 
 @pytest.mark.parametrize("client", [client.name for client in CLIENTS])
 def test_zero_failed_verifications(rotation_run, client):
+    """Every check that says something passed, and they cover every key's end of life."""
     figures = rotation_run.clients[client]
-    assert figures["late"] == 0, (
-        f"{figures['late']} verifications by {client} were asked, or refused and answered, after the token's "
-        f"exp + clockSkew, so they say nothing (the harness or the verifier fell behind): {figures}"
+    assert figures["late"] <= LATE_SHARE_LIMIT * figures["oldest_checks"], (
+        f"{figures['late']} verifications by {client} (of {figures['oldest_checks']} at the oldest age) were asked, or refused and answered, "
+        f"after the token's exp + clockSkew, so they say nothing (the harness or the verifier fell behind): {figures}"
+    )
+    assert not figures["keys_not_checked_at_end_of_life"], (
+        f"{client}: no token signed in the last {END_OF_LIFE_WINDOW_S}s of these keys (kid: seconds before the key's "
+        f"last token, None: no token at all) was verified on time at its oldest age: {figures}"
     )
     assert figures["failures"] == 0, f"{client}: {figures['failures']} failed verifications, e.g. {figures['failure_samples']}"
     # Every token was verified fresh, half-way and at its oldest (a floor well under that).
@@ -387,3 +426,18 @@ def test_every_client_fetched_from_its_sidecar_during_the_rotations(rotation_run
     figures = rotation_run.clients[client]
     assert figures["jwks_fetches_per_rotation"] > 0, figures
     assert figures["jwks_fetch_client_labels"] and "other" not in figures["jwks_fetch_client_labels"], figures
+
+
+def test_a_key_whose_last_second_has_no_timely_oldest_check_is_seen():
+    """end_of_life_gaps on made-up verdicts (no run): late checks of a key's last tokens leave
+    a gap, an earlier token's timely check does not close it, and the revoked key is left out."""
+    def verdict(kid: str, signed: float, kind: str, late: bool = False, ok: bool = True) -> Verdict:
+        token = Token(0, kid, "ES256", signed, int(signed) + TOKEN_LIFETIME_S, "")
+        started = token.exp + CLOCK_SKEW_S + (1 if late else -OLDEST_MARGIN_S)
+        return Verdict("PyJWT", token, kind, started, started + 0.01, ok, "")
+
+    made = [verdict("a", 10.0, "oldest"), verdict("a", 10.2, "oldest", late=True),
+            verdict("b", 20.0, "oldest"), verdict("b", 21.0, "oldest", late=True), verdict("b", 21.4, "oldest", late=True),
+            verdict("b", 21.4, "fresh"), verdict("c", 30.0, "oldest", ok=False), verdict("r", 40.0, "oldest", late=True)]
+    counted = [one for one in made if not one.late]
+    assert end_of_life_gaps(made, counted, revoked_kid="r") == {"a": 0.2, "b": 1.4, "c": None}
