@@ -102,8 +102,9 @@ def test_an_hmac_key_enters_the_verification_secret_before_it_signs_and_stays_af
     assert _verification_kids(policies, "rotating") == [first, new_kid]
     assert policies.secret_data("rotating-signing")["kid"].decode() == first  # published, not signing yet
     wait_until(lambda: policies.secret_data("rotating-signing")["kid"].decode() == new_kid, 20, "the new key to sign")
-    keys = {key["kid"]: key["state"] for key in policies.get("rotating")["status"]["keys"]}
-    assert keys == {first: "retired", new_kid: "active"}
+    # The status follows the signing Secret in the same reconcile, not at the same instant.
+    wait_until(lambda: {key["kid"]: key["state"] for key in policies.get("rotating")["status"]["keys"]}
+               == {first: "retired", new_kid: "active"}, 10, "the status to show the new key active and the first retired")
 
     new_token, _ = _sign_with_the_signing_secret(policies, "rotating")
     verification = _verification_set(policies, "rotating")
