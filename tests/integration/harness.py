@@ -196,20 +196,23 @@ class Policies:
     def delete(self, name: str) -> None:
         self.objects.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
 
-    def condition(self, name: str, kind: str = "Ready") -> str | None:
+    def condition_of(self, name: str, kind: str = "Ready") -> dict[str, Any] | None:
+        """The policy's condition of that type, whole (status, reason, message), or None."""
         for condition in (self.get(name).get("status") or {}).get("conditions") or []:
             if condition["type"] == kind:
-                return condition["status"]
+                return condition
         return None
+
+    def condition(self, name: str, kind: str = "Ready") -> str | None:
+        return (self.condition_of(name, kind) or {}).get("status")
 
     def wait_ready(self, name: str, timeout: float = 30) -> dict[str, Any]:
         try:
             wait_until(lambda: self.condition(name) == "True", timeout, f"policy {name} Ready")
         except AssertionError as late:
-            # Say what there was instead: no status means the operator never reconciled it.
-            status = self.get(name).get("status")
-            ready = next((c for c in (status or {}).get("conditions") or [] if c["type"] == "Ready"), None)
-            seen = f"Ready {ready['status']}, {ready['reason']}: {ready['message']}" if ready else "no status: the operator has not reconciled it"
+            # Say what there was instead: no condition means the operator never reconciled it.
+            ready = self.condition_of(name)
+            seen = f"Ready {ready['status']}, {ready['reason']}: {ready['message']}" if ready else "no Ready condition: the operator has not reconciled it"
             raise AssertionError(f"{late}; {seen}") from None
         return self.get(name)
 
