@@ -85,9 +85,9 @@ END_OF_LIFE_WINDOW_S = 1.0
 token signed within this long of that key's last token must still be verified on time at its
 oldest age. The last tokens of a key are the ones a key removed too early refuses first, so
 this is the check the oldest-age verifications exist for; the window holds five tokens
-(SIGNER_BEAT_S 0.2 s). A stall of the machine makes late
-only the checks due while it lasts: this fails on a stall of over a second at a key's end,
-where the run has nothing to say about that key."""
+(SIGNER_BEAT_S 0.2 s). A stall of the machine makes late only the checks due while it lasts:
+this fails on a stall of over a second at a key's end, where the run has nothing to say about
+that key."""
 
 
 @dataclass
@@ -184,18 +184,20 @@ def refetches_on_unknown_kid(client: str) -> bool:
     return next(row for row in VERIFIER_CLIENTS if client in row.conformance).refetch_on_unknown_kid
 
 
-def end_of_life_gaps(expected_ok: list[Verdict], counted: list[Verdict], revoked_kid: str) -> dict[str, float | None]:
+def _last_signed_by_kid(verdicts: list[Verdict]) -> dict[str, float]:
+    last: dict[str, float] = {}
+    for verdict in verdicts:
+        last[verdict.token.kid] = max(last.get(verdict.token.kid, 0.0), verdict.token.signed)
+    return last
+
+
+def end_of_life_gaps(expected_ok: list[Verdict], revoked_kid: str) -> dict[str, float | None]:
     """Per key but the revoked one: how long before its last token the last token was signed
     that this client verified on time at its oldest age (0: that was the last token itself;
     None: none was)."""
-    last_signed: dict[str, float] = {}
-    for verdict in expected_ok:
-        if verdict.token.kid != revoked_kid:
-            last_signed[verdict.token.kid] = max(last_signed.get(verdict.token.kid, 0.0), verdict.token.signed)
-    last_checked: dict[str, float] = {}
-    for verdict in counted:
-        if verdict.kind == "oldest" and verdict.ok and verdict.token.kid in last_signed:
-            last_checked[verdict.token.kid] = max(last_checked.get(verdict.token.kid, 0.0), verdict.token.signed)
+    last_signed = _last_signed_by_kid([verdict for verdict in expected_ok if verdict.token.kid != revoked_kid])
+    last_checked = _last_signed_by_kid([verdict for verdict in expected_ok
+                                        if verdict.kind == "oldest" and verdict.ok and not verdict.late])
     return {kid: round(last - last_checked[kid], 2) if kid in last_checked else None for kid, last in last_signed.items()}
 
 
@@ -220,7 +222,7 @@ def _analyse(result: RunResult, history: ServedHistory) -> None:
         failures = [verdict for verdict in counted if not verdict.ok and verdict not in unknown_to_cache]
         by_kind = Counter(verdict.kind for verdict in counted if verdict.ok)
         reaction = reactions.get(client.name)
-        gaps = end_of_life_gaps(expected_ok, counted, result.revoked_kid)
+        gaps = end_of_life_gaps(expected_ok, result.revoked_kid)
         result.clients[client.name] = {
             "library": client.library,
             "settings": " ".join(CLIENT_ARGS[client.name]),
@@ -439,5 +441,4 @@ def test_a_key_whose_last_second_has_no_timely_oldest_check_is_seen():
     made = [verdict("a", 10.0, "oldest"), verdict("a", 10.2, "oldest", late=True),
             verdict("b", 20.0, "oldest"), verdict("b", 21.0, "oldest", late=True), verdict("b", 21.4, "oldest", late=True),
             verdict("b", 21.4, "fresh"), verdict("c", 30.0, "oldest", ok=False), verdict("r", 40.0, "oldest", late=True)]
-    counted = [one for one in made if not one.late]
-    assert end_of_life_gaps(made, counted, revoked_kid="r") == {"a": 0.2, "b": 1.4, "c": None}
+    assert end_of_life_gaps(made, revoked_kid="r") == {"a": 0.2, "b": 1.4, "c": None}
